@@ -1,0 +1,72 @@
+"""Every tuning method on the default text task (minilm, wordnet-nouns, 50 clients, 10 per round),
+under IID and Dirichlet(0.5) partitions: trainable parameters, MB per client per round, final accuracy.
+
+    .venv/bin/python benchmarks/methods_text.py [--rounds N] [--set section.key=value ...] [--out DIR]
+
+Writes DIR/table.md and DIR/table.csv (default benchmarks/out/methods_text) and prints the table.
+Each run's own folder (results.json, curves.png) is kept under DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import fedft
+from fedft.config import load_config
+from fedft.methods import METHODS
+
+PARTITIONS = {"iid": ["data.partition=iid"], "dirichlet-0.5": ["data.partition=dirichlet", "data.alpha=0.5"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--methods", default=",".join(METHODS.names()))
+    ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--out", default="benchmarks/out/methods_text")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for part, part_set in PARTITIONS.items():
+        for method in args.methods.split(","):
+            run_dir = out / f"{method}-{part}"
+            if (run_dir / "results.json").exists() and json.loads((run_dir / "results.json").read_text()).get(
+                    "status") == "completed":
+                data = json.loads((run_dir / "results.json").read_text())  # finished earlier: reuse
+            else:
+                if run_dir.exists():
+                    for f in run_dir.rglob("*"):
+                        f.unlink() if f.is_file() else None
+                config = load_config(None, [f"method.name={method!r}".replace("'", '"'), f"fl.rounds={args.rounds}",
+                                            *part_set, *args.set])
+                t0 = time.time()
+                fedft.run(config, run_dir)
+                data = json.loads((run_dir / "results.json").read_text())
+                print(f"{method:8s} {part:14s} done in {time.time() - t0:.0f} s", flush=True)
+            f = data["final"]
+            rounds = len(data["rounds"])
+            rows.append({
+                "partition": part, "method": method, "trainable_params": f["trainable_params"],
+                "share_%": round(100 * f["trainable_params"] / f["total_params"], 3),
+                "MB_per_client_round": round(f["payload_bytes"] / 1e6, 4),
+                "MB_total": round(f["bytes_total"] / 1e6, 1), "accuracy": round(f["accuracy"], 4),
+                "lr": data["lr"], "rounds": rounds, "seconds": round(f["seconds"]),
+            })
+    cols = list(rows[0])
+    with (out / "table.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |"
+              for r in rows]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

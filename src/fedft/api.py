@@ -1,0 +1,158 @@
+"""`fedft.run(config) -> Result`: everything the CLI does, callable from Python."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedft.config import Config
+from fedft.data import load_dataset, tokenize
+from fedft.data.partition import partition
+from fedft.errors import UsageError
+from fedft.fl import comm
+from fedft.fl.loop import MODES, Row, Setup
+from fedft.fl.strategies import STRATEGIES
+from fedft.methods import METHODS, Method, trainable_parameters
+from fedft.methods.base import count_parameters
+from fedft.models import Backbone, Classifier, load_backbone
+from fedft.report import plot_curves, write_csv, write_json
+
+
+@dataclass
+class Experiment:
+    """A prepared run: the one shared model (method applied), the data split over clients."""
+    config: Config
+    model: nn.Module
+    method: Method
+    params: dict[str, nn.Parameter]
+    train: object
+    test: object
+    classes: list[str]
+    clients: list[np.ndarray]
+    model_source: str
+
+    @property
+    def lr(self) -> float:
+        return self.config.fl.lr or self.method.default_lr
+
+
+@dataclass
+class Result:
+    config: dict
+    rounds: list[dict]
+    final: dict
+    out_dir: Path | None
+
+
+def build_model(config: Config, num_classes: int) -> tuple[nn.Module, Method, Backbone]:
+    """Backbone + head with the method applied. Seeded, so the same config gives the same initial model."""
+    method = METHODS.get(config.method.name, "method.name")(config.method)
+    backbone = load_backbone(config.model)
+    classifier = Classifier(backbone.model, num_classes, config.model.pooling, seed=config.fl.seed)
+    torch.manual_seed(config.fl.seed)
+    return method.apply(classifier), method, backbone
+
+
+def prepare(config: Config) -> Experiment:
+    """Load and check everything a run needs. All bad input fails here, before anything is written."""
+    STRATEGIES.get(config.fl.strategy, "fl.strategy")
+    METHODS.get(config.method.name, "method.name")
+    train_raw, test_raw = load_dataset(config.data)
+    clients = partition(train_raw.labels, config.data, config.fl.seed)
+    model, method, backbone = build_model(config, len(train_raw.classes))
+    train = tokenize(train_raw, backbone.tokenizer, config.model.max_length)
+    test = tokenize(test_raw, backbone.tokenizer, config.model.max_length)
+    return Experiment(config, model, method, trainable_parameters(model), train, test, train_raw.classes,
+                      clients, backbone.source)
+
+
+def run(config: Config, out_dir: str | Path | None = None, progress: bool = False,
+        log: Callable[[str], None] | None = None) -> Result:
+    """Run the experiment; write results.json, rounds.csv, curves.png and the trained parameters to out_dir
+    (default runs/<timestamp>). results.json is rewritten after every round, so an interrupted run keeps
+    its finished rounds."""
+    out = _check_out_dir(out_dir)
+    exp = prepare(config)
+    out.mkdir(parents=True, exist_ok=True)
+    strategy = STRATEGIES.get(config.fl.strategy, "fl.strategy")(config.fl)
+    fl = config.fl
+    steps = fl.rounds * (len(exp.clients) if fl.mode == "local" else 1 if fl.mode == "central"
+                         else fl.clients_per_round)
+    bar = _progress_bar(steps, progress)
+    setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, fl, exp.lr, config.comm.dtype,
+                  strategy, tick=bar.update)
+    trainable = sum(p.numel() for p in exp.params.values())
+    payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
+    record = {
+        "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
+        "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
+        "client_sizes": [len(c) for c in exp.clients], "rounds": [], "final": None,
+    }
+    final = {"trainable_params": trainable, "total_params": count_parameters(exp.model),
+             "payload_bytes": payload}
+    started, sent = time.perf_counter(), 0
+    try:
+        for row in MODES[fl.mode](setup):
+            r = dataclasses.asdict(row)
+            record["rounds"].append(r)
+            sent += row.bytes_up + row.bytes_down
+            acc = "   -  " if row.accuracy is None else f"{row.accuracy:.4f}"
+            loss = row.train_loss if row.loss is None else row.loss
+            (log or (lambda line: None))(f"round {row.round:>3}/{fl.rounds}  accuracy {acc}  loss {loss:.4f}  "
+                f"sent {sent / 1e6:8.2f} MB  {row.seconds:6.1f} s")
+            write_json(out / "results.json", _finite(record))
+            write_csv(out / "rounds.csv", record["rounds"])
+        last = [r for r in record["rounds"] if r["accuracy"] is not None][-1]
+        final.update(accuracy=last["accuracy"], loss=last["loss"], bytes_total=sent,
+                     bytes_up=sum(r["bytes_up"] for r in record["rounds"]),
+                     bytes_down=sum(r["bytes_down"] for r in record["rounds"]),
+                     seconds=time.perf_counter() - started)
+        record["final"] = final
+        meta = {"model": config.model.name, "model_source": exp.model_source, "classes": exp.classes,
+                "pooling": config.model.pooling}
+        record["exported"] = exp.method.export(exp.model, out, meta)
+        plot_curves(out / "curves.png", record["rounds"], f"{config.method.name} / {fl.mode}")
+        record["status"] = "completed"
+    except BaseException as e:
+        record["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}"
+        raise
+    finally:
+        bar.close()
+        write_json(out / "results.json", _finite(record))
+    return Result(record["config"], record["rounds"], final, out)
+
+
+def _check_out_dir(out_dir: str | Path | None) -> Path:
+    out = Path(out_dir) if out_dir is not None else Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
+    if (out / "results.json").exists():
+        raise UsageError(f"--out {str(out)!r} already holds a run (results.json); choose another folder")
+    return out
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not enabled, unit="client", leave=False, dynamic_ncols=True)
+
+
+def _finite(record: dict) -> dict:
+    """JSON has no NaN: a loss of a client with no data becomes null."""
+    def fix(v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(record)

@@ -1,0 +1,129 @@
+"""The `fedft` command: thin, it parses arguments, builds a Config and calls the library."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from fedft.errors import UsageError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedft", description="Federated fine-tuning of pre-trained transformers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run an experiment (no CONFIG: the default experiment)")
+    _config_args(p)
+    p.add_argument("--out", help="output folder (default runs/<timestamp>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines")
+
+    p = sub.add_parser("methods", help="each tuning method's trainable parameters and share of the model")
+    _config_args(p)
+    p.add_argument("--model", help="model name or path (same as --set model.name=...)")
+
+    p = sub.add_parser("partition", help="print each client's number of examples and label counts")
+    _config_args(p)
+
+    sub.add_parser("config", help="list every config key with its default and meaning")
+
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"fedft: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fedft: interrupted; the rounds finished so far are in results.json", file=sys.stderr)
+        return 130
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="experiment file (TOML)")
+    p.add_argument("--config", dest="config_opt", metavar="CONFIG", help="experiment file (TOML)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set fl.rounds=5")
+
+
+def _load(args: argparse.Namespace, extra: list[str] = ()):
+    from fedft.config import load_config
+
+    if args.config and args.config_opt:
+        raise UsageError("give the config file once (positional or --config)")
+    return load_config(args.config or args.config_opt, [*args.set, *extra])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from fedft.api import run
+
+    config = _load(args)
+    log = None if args.quiet else tqdm.write
+    if log:
+        log(f"fedft: {config.fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, "
+            f"{config.data.num_clients} clients, {config.fl.rounds} rounds")
+    result = run(config, args.out, progress=not args.quiet, log=log)
+    f = result.final
+    print(f"final accuracy {f['accuracy']:.4f}; {f['bytes_total'] / 1e6:.2f} MB sent; "
+          f"{f['trainable_params']:,} of {f['total_params']:,} parameters trained; results in {result.out_dir}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from fedft.api import build_model
+    from fedft.data import load_dataset
+    from fedft.fl import comm
+    from fedft.methods import METHODS, trainable_parameters
+    from fedft.methods.base import count_parameters
+
+    config = _load(args, [f"model.name={_toml_str(args.model)}"] if args.model else [])
+    num_classes = len(load_dataset(config.data)[0].classes)
+    print(f"model {config.model.name}, {num_classes} classes ({config.data.name}), payload at {config.comm.dtype}")
+    print(f"{'method':<8} {'trainable':>12} {'total':>12} {'share':>8} {'MB/client/round':>16}")
+    for name in METHODS.names():
+        config.method.name = name
+        model, _, _ = build_model(config, num_classes)
+        params = trainable_parameters(model)
+        n, total = sum(p.numel() for p in params.values()), count_parameters(model)
+        payload = len(comm.encode({k: p.detach() for k, p in params.items()}, config.comm.dtype))
+        print(f"{name:<8} {n:>12,} {total:>12,} {100 * n / total:>7.3f}% {payload / 1e6:>16.4f}")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    from fedft.data import load_dataset
+    from fedft.data.partition import label_counts, partition
+
+    config = _load(args)
+    train, _ = load_dataset(config.data)
+    clients = partition(train.labels, config.data, config.fl.seed)
+    counts = label_counts(clients, train.labels, len(train.classes))
+    print(f"{config.data.name}: {len(train.labels)} training examples, {len(train.classes)} classes, "
+          f"{len(clients)} clients, partition {config.data.partition}")
+    print("classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(train.classes)))
+    for cid, row in enumerate(counts):
+        print(f"client {cid:>4}: {int(row.sum()):>6} examples  labels " + " ".join(f"{int(v)}" for v in row))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from fedft.config import help_lines
+
+    print("\n".join(help_lines()))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config}
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,274 @@
+"""Typed experiment configuration: one dataclass per TOML section, each field documented once.
+
+Values are checked when the config is built (`Config.from_dict`), so a bad value fails at the edge with
+one line that names the key, the value and what is allowed. Names that live in a registry (method,
+strategy, data set, model) are checked where they are looked up, before anything is written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedft.errors import UsageError
+
+
+def doc(text: str, **kw: Any) -> Any:
+    """A dataclass field whose help text lives in its metadata (shown by `fedft run --help-config`)."""
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = doc("built-in model (minilm, tiny-bert) or a local Hugging Face model directory", default="minilm")
+    pooling: str = doc("how token states become one vector: mean | cls", default="mean")
+    max_length: int = doc("longest token sequence kept (longer inputs are truncated)", default=48)
+
+    def check(self) -> None:
+        _choice("model.pooling", self.pooling, ("mean", "cls"))
+        _at_least("model.max_length", self.max_length, 4)
+
+
+@dataclass
+class DataConfig:
+    name: str = doc("data set: wordnet-nouns | csv:PATH (columns text,label)", default="wordnet-nouns")
+    num_clients: int = doc("number of clients the training set is split over", default=50)
+    partition: str = doc("how the training set is split: iid | dirichlet | pathological", default="dirichlet")
+    alpha: float = doc("Dirichlet concentration over labels (smaller = more skewed)", default=0.5)
+    classes_per_client: int = doc("labels each client holds under the pathological partition", default=2)
+    shots: int = doc("few-shot: at most this many examples per class per client (0 = all)", default=0)
+    min_class_size: int = doc("wordnet-nouns: keep categories with at least this many glosses", default=1500)
+    train_per_class: int = doc("wordnet-nouns: at most this many training examples per class", default=1000)
+    test_per_class: int = doc("wordnet-nouns: test examples per class (a fixed, seeded split)", default=300)
+    test_fraction: float = doc("csv: share of each class held out for the test set", default=0.2)
+
+    def check(self) -> None:
+        _at_least("data.num_clients", self.num_clients, 1)
+        _choice("data.partition", self.partition, ("iid", "dirichlet", "pathological"))
+        if not self.alpha > 0:
+            raise UsageError(f"data.alpha = {self.alpha}: must be > 0")
+        _at_least("data.classes_per_client", self.classes_per_client, 1)
+        _at_least("data.shots", self.shots, 0)
+        _at_least("data.min_class_size", self.min_class_size, 2)
+        _at_least("data.train_per_class", self.train_per_class, 1)
+        _at_least("data.test_per_class", self.test_per_class, 1)
+        if not 0 < self.test_fraction < 1:
+            raise UsageError(f"data.test_fraction = {self.test_fraction}: must be between 0 and 1 (exclusive)")
+
+
+@dataclass
+class MethodConfig:
+    name: str = doc("tuning method: full | head | bias | lora | adapter | prompt", default="lora")
+    rank: int = doc("lora: rank r of the low-rank update", default=8)
+    alpha: float = doc("lora: scaling alpha (update scaled by alpha / rank)", default=16.0)
+    dropout: float = doc("lora: dropout on the LoRA input", default=0.0)
+    targets: list[str] = doc("lora: module names to adapt ([] = the architecture's attention query/value)",
+                             default_factory=list)
+    bottleneck: int = doc("adapter: bottleneck width of each Houlsby adapter", default=32)
+    prompt_length: int = doc("prompt: number of learned prompt tokens", default=10)
+    deep: bool = doc("prompt: fresh prompt tokens at every layer (deep) instead of the input only (shallow)",
+                     default=False)
+
+    def check(self) -> None:
+        _at_least("method.rank", self.rank, 1)
+        if not self.alpha > 0:
+            raise UsageError(f"method.alpha = {self.alpha}: must be > 0")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"method.dropout = {self.dropout}: must be in [0, 1)")
+        _at_least("method.bottleneck", self.bottleneck, 1)
+        _at_least("method.prompt_length", self.prompt_length, 1)
+
+
+@dataclass
+class FLConfig:
+    mode: str = doc("federated | local (each client alone) | central (all client data pooled)",
+                    default="federated")
+    rounds: int = doc("communication rounds", default=10)
+    clients_per_round: int = doc("clients sampled each round", default=10)
+    local_epochs: int = doc("passes over its data each sampled client makes per round", default=1)
+    batch_size: int = doc("local mini-batch size", default=32)
+    group_by_length: bool = doc("batch examples of similar length together (less padding, much faster on text); "
+                                "false = uniformly random batches", default=True)
+    lr: float = doc("local learning rate (AdamW); 0 = the method's default", default=0.0)
+    weight_decay: float = doc("AdamW weight decay on trainable parameters", default=0.0)
+    strategy: str = doc("server strategy: fedavg | fedprox | fedavgm | fedadam", default="fedavg")
+    mu: float = doc("fedprox: weight of the proximal term mu/2 * ||w - w_global||^2", default=0.01)
+    server_lr: float = doc("fedavgm/fedadam: server learning rate (0 = 1.0 for fedavgm, 0.01 for fedadam)",
+                           default=0.0)
+    server_momentum: float = doc("fedavgm: server momentum", default=0.9)
+    beta1: float = doc("fedadam: first-moment decay", default=0.9)
+    beta2: float = doc("fedadam: second-moment decay", default=0.99)
+    tau: float = doc("fedadam: adaptivity (epsilon) term", default=1e-3)
+    seed: int = doc("seed for client sampling, partitioning, initialisation and local shuffling", default=0)
+    eval_every: int = doc("evaluate the global model every this many rounds (and always after the last)",
+                          default=2)
+
+    def check(self) -> None:
+        _choice("fl.mode", self.mode, ("federated", "local", "central"))
+        _at_least("fl.rounds", self.rounds, 1)
+        _at_least("fl.clients_per_round", self.clients_per_round, 1)
+        _at_least("fl.local_epochs", self.local_epochs, 1)
+        _at_least("fl.batch_size", self.batch_size, 1)
+        _at_least("fl.eval_every", self.eval_every, 1)
+        _at_least("fl.seed", self.seed, 0)
+        for key in ("lr", "weight_decay", "mu", "server_lr", "tau"):
+            if getattr(self, key) < 0:
+                raise UsageError(f"fl.{key} = {getattr(self, key)}: must be >= 0")
+        for key in ("server_momentum", "beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise UsageError(f"fl.{key} = {getattr(self, key)}: must be in [0, 1)")
+
+
+@dataclass
+class CommConfig:
+    dtype: str = doc("dtype of tensors on the wire: float32 | float16 | bfloat16", default="float32")
+
+    def check(self) -> None:
+        _choice("comm.dtype", self.dtype, ("float32", "float16", "bfloat16"))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+
+    def check(self) -> None:
+        for section in SECTIONS:
+            getattr(self, section).check()
+        if self.fl.clients_per_round > self.data.num_clients:
+            raise UsageError(f"fl.clients_per_round = {self.fl.clients_per_round}: must be <= data.num_clients "
+                             f"({self.data.num_clients})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        """Build and check a config from nested {section: {key: value}} (a parsed TOML file)."""
+        if not isinstance(raw, dict):
+            raise UsageError("config must be a table of sections")
+        sections = {}
+        for name, value in raw.items():
+            if name not in SECTIONS:
+                raise UsageError(f"unknown config section [{name}]{_did_you_mean(name, SECTIONS)}; "
+                                 f"allowed: {', '.join(SECTIONS)}")
+            if not isinstance(value, dict):
+                raise UsageError(f"config section [{name}] must be a table of key = value")
+            sections[name] = value
+        built = {name: _build(name, typ, sections.get(name, {})) for name, typ in SECTIONS.items()}
+        config = cls(**built)
+        config.check()
+        return config
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "method": MethodConfig, "fl": FLConfig, "comm": CommConfig,
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a TOML file (or the defaults), apply `section.key=value` overrides, check everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"config file {str(path)!r} does not exist")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UsageError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+    for item in overrides:
+        key, value = parse_override(item)
+        section, name = key
+        if section not in SECTIONS:
+            raise UsageError(f"--set {item!r}: unknown section {section!r}{_did_you_mean(section, SECTIONS)}; "
+                             f"allowed: {', '.join(SECTIONS)}")
+        if not isinstance(raw.setdefault(section, {}), dict):
+            raise UsageError(f"config section [{section}] must be a table of key = value")
+        raw[section][name] = value
+    return Config.from_dict(raw)
+
+
+def parse_override(item: str) -> tuple[tuple[str, str], Any]:
+    """'fl.lr=0.001' -> (('fl', 'lr'), 0.001). Values are read as TOML, else kept as a string."""
+    if "=" not in item or "." not in item.split("=", 1)[0]:
+        raise UsageError(f"--set {item!r}: expected section.key=value, e.g. fl.rounds=5")
+    key, text = item.split("=", 1)
+    section, _, name = key.strip().partition(".")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return (section, name), value
+
+
+def help_lines() -> list[str]:
+    """One line per config key: section.key, default and help text."""
+    lines = []
+    for section, typ in SECTIONS.items():
+        for f in dataclasses.fields(typ):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            lines.append(f"{section}.{f.name} = {default!r}  # {f.metadata['help']}")
+    return lines
+
+
+def _build(section: str, typ: type, values: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(typ)}
+    hints = typing.get_type_hints(typ)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise UsageError(f"unknown config key {section}.{key}{_did_you_mean(key, fields)}; "
+                             f"allowed in [{section}]: {', '.join(fields)}")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return typ(**kwargs)
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (list, types.GenericAlias) or typ is list:
+        if isinstance(value, str):  # --set method.targets=query,value
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError(f"{key} = {value!r}: must be a list of strings")
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise UsageError(f"{key} = {value!r}: must be true or false")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UsageError(f"{key} = {value!r}: must be an integer")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UsageError(f"{key} = {value!r}: must be a number")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise UsageError(f"{key} = {value!r}: must be a string")
+    raise TypeError(f"unsupported config type {typ} for {key}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise UsageError(f"{key} = {value!r}: choose one of {', '.join(allowed)}")
+
+
+def _at_least(key: str, value: int, low: int) -> None:
+    if value < low:
+        raise UsageError(f"{key} = {value}: must be >= {low}")
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -1,0 +1,74 @@
+"""Data sets: raw labelled examples, their tokenized form, and the split into clients."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedft.config import DataConfig
+from fedft.errors import UsageError
+
+
+@dataclass
+class LabelledText:
+    """A raw split: texts[i] has class labels[i] (an index into `classes`)."""
+    texts: list[str]
+    labels: np.ndarray  # (N,) int64
+    classes: list[str]
+
+
+@dataclass
+class TextExamples:
+    """Tokenized examples, padded per batch (glosses are short, so padding to the batch's longest saves most work)."""
+    input_ids: list[torch.Tensor]  # N tensors of shape (T_i,)
+    labels: torch.Tensor  # (N,) int64
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def batch(self, idx: np.ndarray | list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        seqs = [self.input_ids[i] for i in idx]
+        longest = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = s
+            mask[row, : len(s)] = 1
+        return {"input_ids": ids, "attention_mask": mask}, self.labels[list(idx)]
+
+    def lengths(self) -> np.ndarray:
+        if getattr(self, "_lengths", None) is None:
+            self._lengths = np.array([len(s) for s in self.input_ids])
+        return self._lengths
+
+
+def tokenize(data: LabelledText, tokenizer, max_length: int) -> TextExamples:
+    enc = tokenizer(data.texts, truncation=True, max_length=max_length)
+    ids = [torch.tensor(x, dtype=torch.long) for x in enc["input_ids"]]
+    return TextExamples(ids, torch.as_tensor(data.labels, dtype=torch.long), int(tokenizer.pad_token_id or 0))
+
+
+def load_dataset(cfg: DataConfig) -> tuple[LabelledText, LabelledText]:
+    """(train, test) for `data.name`. The test split is fixed: it depends on the data alone, not on fl.seed."""
+    from fedft.data import csvdata, wordnet
+
+    if cfg.name == "wordnet-nouns":
+        return wordnet.load(cfg)
+    if cfg.name.startswith("csv:"):
+        return csvdata.load(cfg.name[4:], cfg.test_fraction)
+    raise UsageError(f"data.name = {cfg.name!r}: unknown data set; choose wordnet-nouns or csv:PATH")
+
+
+def stratified_split(labels: np.ndarray, n_test: list[int], n_train: list[int], seed: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded per-class split: for class c, n_test[c] test indices and at most n_train[c] train indices."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in range(len(n_test)):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        test.append(idx[: n_test[c]])
+        train.append(idx[n_test[c]: n_test[c] + n_train[c]])
+    train_idx, test_idx = np.concatenate(train), np.concatenate(test)
+    return rng.permutation(train_idx), np.sort(test_idx)

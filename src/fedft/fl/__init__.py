@@ -1,0 +1,1 @@
+"""The federated loop and its parts: client training, strategies, payload encoding."""

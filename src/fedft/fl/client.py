@@ -1,0 +1,102 @@
+"""Local training of one client's trainable state on its data, over the shared frozen model."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+State = dict[str, torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.0
+    prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2
+    group_by_length: bool = False  # batch examples of similar length together
+
+
+@dataclass
+class Update:
+    """What a client sends back: its trained parameters, how many examples it trained on, its metrics."""
+    state: State
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def client_seed(*parts: int) -> int:
+    """A seed for (run seed, round, client): independent streams, the same every run."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@torch.no_grad()
+def load_state(params: dict[str, nn.Parameter], state: State) -> None:
+    for k, p in params.items():
+        p.copy_(state[k])
+
+
+def read_state(params: dict[str, nn.Parameter]) -> State:
+    return {k: p.detach().clone() for k, p in params.items()}
+
+
+def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batches: list[np.ndarray],
+                  opt: torch.optim.Optimizer, prox: tuple[float, State] | None = None) -> float:
+    """One optimizer step per batch of indices; returns the mean training loss."""
+    model.train()
+    total = 0.0
+    for idx in batches:
+        inputs, labels = data.batch(idx)
+        loss = nn.functional.cross_entropy(model(**inputs), labels)
+        objective = loss
+        if prox is not None and prox[0] > 0:
+            mu, anchor = prox
+            objective = loss + 0.5 * mu * sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        total += loss.item()
+    return total / max(len(batches), 1)
+
+
+def shuffled_batches(indices: np.ndarray, batch_size: int, epochs: int, rng: np.random.Generator,
+                     lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """Each epoch: a random order cut into batches. With `lengths` (group by length, as Hugging Face's
+    LengthGroupedSampler): the order is cut into mega-batches of 50 batches, each sorted by length, so a
+    batch holds examples of similar length and pads little; then the batches are shuffled."""
+    out = []
+    for _ in range(epochs):
+        order = rng.permutation(indices)
+        if lengths is not None:
+            mega = 50 * batch_size
+            order = np.concatenate([c[np.argsort(-lengths[c], kind="stable")]
+                                    for c in np.array_split(order, range(mega, len(order), mega))])
+        batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        out += [batches[i] for i in rng.permutation(len(batches))] if lengths is not None else batches
+    return out
+
+
+def lengths_for(data, cfg: TrainConfig) -> np.ndarray | None:
+    return data.lengths() if cfg.group_by_length and hasattr(data, "lengths") else None
+
+
+def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State, data, indices: np.ndarray,
+                cfg: TrainConfig, seed: int) -> Update:
+    """Train from `start` on this client's examples; the model's frozen weights are shared and never change."""
+    load_state(params, start)
+    if len(indices) == 0:
+        return Update(read_state(params), 0, {"loss": float("nan")})
+    torch.manual_seed(seed)  # dropout inside the model
+    rng = np.random.default_rng(seed)
+    opt = make_optimizer(params, cfg)
+    prox = (cfg.prox_mu, start) if cfg.prox_mu > 0 else None
+    batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg))
+    loss = train_batches(model, params, data, batches, opt, prox)
+    return Update(read_state(params), len(indices), {"loss": loss})

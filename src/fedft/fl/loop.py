@@ -1,0 +1,129 @@
+"""The three ways to train: federated rounds, each client alone (local), and all data pooled (central).
+
+Each is a generator that yields one Row per round, so the caller can print and save as it goes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+from torch import nn
+
+from fedft.config import FLConfig
+from fedft.fl import comm
+from fedft.fl.client import (TrainConfig, client_seed, lengths_for, load_state, local_train, make_optimizer,
+                             read_state, shuffled_batches, train_batches)
+from fedft.fl.evaluate import evaluate
+from fedft.fl.strategies import Strategy
+
+
+@dataclass
+class Row:
+    round: int
+    accuracy: float | None  # None on rounds without evaluation
+    loss: float | None
+    train_loss: float
+    bytes_up: int
+    bytes_down: int
+    clients: list[int]
+    seconds: float
+
+
+@dataclass
+class Setup:
+    """Everything a loop needs: the one shared model, its trainable parameters, the data and the settings."""
+    model: nn.Module
+    params: dict[str, nn.Parameter]
+    train: object  # examples with .batch(idx) and len()
+    test: object
+    clients: list[np.ndarray]  # each client's indices into `train`
+    fl: FLConfig
+    lr: float
+    comm_dtype: str
+    strategy: Strategy
+    tick: Callable[[], None] = field(default=lambda: None)  # called after each client's local training
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(self.fl.local_epochs, self.fl.batch_size, self.lr, self.fl.weight_decay,
+                           self.strategy.prox_mu(), self.fl.group_by_length)
+
+    def eval_round(self, rnd: int) -> bool:
+        return rnd % self.fl.eval_every == 0 or rnd == self.fl.rounds
+
+
+def federated(s: Setup) -> Iterator[Row]:
+    """Sample clients -> send the global trainable state -> local training -> aggregate -> evaluate."""
+    sampler = np.random.default_rng(client_seed(s.fl.seed, 1))
+    global_state = read_state(s.params)
+    for rnd in range(1, s.fl.rounds + 1):
+        t0 = time.perf_counter()
+        sampled = sorted(sampler.choice(len(s.clients), s.fl.clients_per_round, replace=False).tolist())
+        down = comm.encode(global_state, s.comm_dtype)
+        start = comm.decode(down)  # what every sampled client receives
+        updates, bytes_up = [], 0
+        for cid in sampled:
+            update = local_train(s.model, s.params, start, s.train, s.clients[cid], s.train_config(),
+                                 client_seed(s.fl.seed, rnd, cid))
+            up = comm.encode(update.state, s.comm_dtype)
+            bytes_up += len(up)
+            update.state = comm.decode(up)  # the server sees exactly what was sent
+            updates.append(update)
+            s.tick()
+        global_state = s.strategy.aggregate(global_state, updates)
+        load_state(s.params, global_state)
+        acc, loss = evaluate(s.model, s.test) if s.eval_round(rnd) else (None, None)
+        yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, len(down) * len(sampled), sampled,
+                  time.perf_counter() - t0)
+
+
+def local_only(s: Setup) -> Iterator[Row]:
+    """Every client trains alone from the same start, round after round, with no communication.
+    Accuracy is the mean over the clients' own models on the shared test set."""
+    start = read_state(s.params)
+    states = [start] * len(s.clients)
+    for rnd in range(1, s.fl.rounds + 1):
+        t0 = time.perf_counter()
+        updates, scores = [], []
+        for cid, idx in enumerate(s.clients):
+            update = local_train(s.model, s.params, states[cid], s.train, idx, s.train_config(),
+                                 client_seed(s.fl.seed, rnd, cid))
+            states[cid] = update.state
+            updates.append(update)
+            if s.eval_round(rnd):
+                scores.append(evaluate(s.model, s.test))
+            s.tick()
+        acc, loss = (float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))) \
+            if scores else (None, None)
+        yield Row(rnd, acc, loss, _mean_loss(updates), 0, 0, list(range(len(s.clients))),
+                  time.perf_counter() - t0)
+
+
+def central(s: Setup) -> Iterator[Row]:
+    """All client data pooled, one optimizer, the same number of example-passes per round as a federated
+    round makes on average (clients_per_round / num_clients of the pooled data, local_epochs times)."""
+    pooled = np.concatenate(s.clients)
+    per_round = max(1, round(len(pooled) * s.fl.clients_per_round / len(s.clients)))
+    rng = np.random.default_rng(client_seed(s.fl.seed, 2))
+    import torch
+
+    torch.manual_seed(client_seed(s.fl.seed, 3))
+    opt = make_optimizer(s.params, s.train_config())
+    for rnd in range(1, s.fl.rounds + 1):
+        t0 = time.perf_counter()
+        subset = rng.choice(pooled, per_round, replace=False)
+        loss = train_batches(s.model, s.params, s.train,
+                             shuffled_batches(subset, s.fl.batch_size, s.fl.local_epochs, rng,
+                                              lengths_for(s.train, s.train_config())), opt)
+        s.tick()
+        acc, eloss = evaluate(s.model, s.test) if s.eval_round(rnd) else (None, None)
+        yield Row(rnd, acc, eloss, loss, 0, 0, [], time.perf_counter() - t0)
+
+
+MODES = {"federated": federated, "local": local_only, "central": central}
+
+
+def _mean_loss(updates) -> float:
+    losses = [u.metrics["loss"] for u in updates if u.num_examples > 0]
+    return float(np.mean(losses)) if losses else float("nan")

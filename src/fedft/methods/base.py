@@ -1,0 +1,72 @@
+"""The method interface and the default export of trained parameters."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fedft.config import MethodConfig
+from fedft.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+class Method:
+    """Turns a classifier into the module clients train: sets requires_grad, may add or wrap modules."""
+
+    name: ClassVar[str]
+    default_lr: ClassVar[float]  # the local learning rate used when fl.lr = 0
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Freeze what this method does not train; return the module to train and evaluate."""
+        raise NotImplementedError
+
+    def export(self, model: nn.Module, out_dir: Path, meta: dict) -> list[str]:
+        """Write the trained parameters; return the file names written. Default: safetensors + JSON."""
+        from safetensors.torch import save_file
+
+        from fedft.report import atomic_write
+
+        state = {k: v.detach().contiguous() for k, v in trainable_parameters(model).items()}
+        atomic_write(out_dir / "trainable.safetensors", lambda p: save_file(state, str(p)))
+        info = dict(meta, method=self.name, tensors={k: list(v.shape) for k, v in state.items()})
+        atomic_write(out_dir / "trainable.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
+        return ["trainable.safetensors", "trainable.json"]
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The parameters clients train and send, by name (the order is the model's)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def freeze_all_but(model: nn.Module, keep) -> nn.Module:
+    """requires_grad = keep(name) for every parameter."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(keep(name)))
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    """All parameters of the tuned model, counting shared tensors once and leaving out PEFT's frozen copy of a
+    module it trains a copy of (`original_module`), so a LoRA model counts as backbone + head + LoRA."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if ".original_module." in name or id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+@torch.no_grad()
+def frozen_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every frozen parameter and buffer (tests check these never change)."""
+    out = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    out.update({f"buffer:{n}": b.detach().clone() for n, b in model.named_buffers()})
+    return out

@@ -1,0 +1,51 @@
+"""Where each architecture keeps the modules that tuning methods touch, named in one place.
+
+Keys are Hugging Face `config.model_type` values. Patterns are regular expressions matched against
+full module names inside the backbone (`re.search`).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+# LoRA's default targets: the attention query and value projections.
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "value"],
+    "roberta": ["query", "value"],
+    "xlm-roberta": ["query", "value"],
+    "electra": ["query", "value"],
+    "mpnet": ["q", "v"],
+    "distilbert": ["q_lin", "v_lin"],
+    "vit": ["query", "value"],
+    "dinov2": ["query", "value"],
+    "clip": ["q_proj", "v_proj"],
+    "clip_vision_model": ["q_proj", "v_proj"],
+}
+
+# Houlsby adapters go after the attention output projection and after the MLP's output projection.
+ADAPTER_AFTER: dict[str, list[str]] = {
+    "bert": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
+    "roberta": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
+    "xlm-roberta": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
+    "electra": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
+    "vit": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
+    "dinov2": [r"attention\.output\.dense$", r"mlp\.fc2$"],
+    "clip": [r"self_attn\.out_proj$", r"mlp\.fc2$"],
+    "clip_vision_model": [r"self_attn\.out_proj$", r"mlp\.fc2$"],
+}
+
+
+def lookup(table: dict[str, list[str]], model_type: str, what: str) -> list[str]:
+    from fedft.errors import UsageError
+
+    if model_type not in table:
+        raise UsageError(f"{what} does not know where to act in a {model_type!r} model; "
+                         f"known architectures: {', '.join(sorted(table))}")
+    return table[model_type]
+
+
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks (BERT/ViT/DINOv2: encoder.layer, CLIP: encoder.layers)."""
+    for name, module in backbone.named_modules():
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers"):
+            return module
+    raise ValueError(f"no transformer layer list found in {type(backbone).__name__}")

@@ -1,0 +1,71 @@
+"""Result files, each written atomically (a temporary file renamed into place): results.json, rounds.csv,
+curves.png. A crash never leaves a half-written file."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+ROUND_COLUMNS = ["round", "accuracy", "loss", "train_loss", "bytes_up", "bytes_down", "clients", "seconds"]
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """write(tmp_path) then rename over `path`: readers see the old file or the new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n"))
+
+
+def write_csv(path: Path, rounds: list[dict]) -> None:
+    def write(p: Path) -> None:
+        with p.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(ROUND_COLUMNS)
+            for r in rounds:
+                w.writerow(["" if r[c] is None else (len(r[c]) if c == "clients" else r[c]) for c in ROUND_COLUMNS])
+
+    atomic_write(path, write)
+
+
+def plot_curves(path: Path, rounds: list[dict], title: str) -> None:
+    """Accuracy against round and against cumulative MB sent."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mb, total = [], 0
+    for r in rounds:
+        total += r["bytes_up"] + r["bytes_down"]
+        mb.append(total / 1e6)
+    pts = [(r["round"], m, r["accuracy"]) for r, m in zip(rounds, mb) if r["accuracy"] is not None]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot([p[0] for p in pts], [p[2] for p in pts], marker="o")
+    a.set(xlabel="round", ylabel="test accuracy", title=title)
+    b.plot([p[1] for p in pts], [p[2] for p in pts], marker="o")
+    b.set(xlabel="MB sent (up + down, cumulative)", ylabel="test accuracy")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from fedft.config import FLConfig
+from fedft.fl.aggregate import weighted_average
+from fedft.fl.client import Update
+from fedft.fl.strategies import STRATEGIES
+
+
+def states():
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.5]])}
+    b = {"w": torch.tensor([3.0, -2.0]), "b": torch.tensor([[1.5]])}
+    c = {"w": torch.tensor([0.0, 0.0]), "b": torch.tensor([[-1.0]])}
+    return a, b, c
+
+
+def test_weighted_average_matches_hand_computation():
+    a, b, c = states()
+    avg = weighted_average([a, b, c], [10, 30, 60])
+    # w: (10*1 + 30*3 + 60*0)/100 = 1.0 ; (10*2 - 30*2 + 0)/100 = -0.4 ; b: (5 + 45 - 60)/100 = -0.1
+    assert torch.allclose(avg["w"], torch.tensor([1.0, -0.4]))
+    assert torch.allclose(avg["b"], torch.tensor([[-0.1]]))
+
+
+def test_fedavg_weights_by_examples_and_skips_empty_clients():
+    a, b, c = states()
+    strat = STRATEGIES.get("fedavg", "fl.strategy")(FLConfig())
+    out = strat.aggregate(c, [Update(a, 1), Update(b, 3), Update(c, 0)])
+    assert torch.allclose(out["w"], torch.tensor([2.5, -1.0]))
+    assert strat.aggregate(c, [Update(a, 0)]) is c  # nobody trained: the global state stays
+
+
+def test_fedavgm_momentum_by_hand():
+    cur = {"w": torch.tensor([1.0])}
+    strat = STRATEGIES.get("fedavgm", "fl.strategy")(FLConfig(server_lr=0.5, server_momentum=0.9))
+    s1 = strat.aggregate(cur, [Update({"w": torch.tensor([0.0])}, 1)])  # delta 1, v 1 -> 1 - 0.5 = 0.5
+    assert torch.allclose(s1["w"], torch.tensor([0.5]))
+    s2 = strat.aggregate(s1, [Update({"w": torch.tensor([0.5])}, 1)])  # delta 0, v 0.9 -> 0.5 - 0.45
+    assert torch.allclose(s2["w"], torch.tensor([0.05]))
+
+
+def test_fedadam_first_step_by_hand():
+    cfg = FLConfig(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
+    strat = STRATEGIES.get("fedadam", "fl.strategy")(cfg)
+    out = strat.aggregate({"w": torch.tensor([1.0])}, [Update({"w": torch.tensor([3.0])}, 1)])
+    d = 2.0
+    m, v = 0.1 * d, 0.01 * d * d
+    step = 0.1 * (1 - 0.99) ** 0.5 / (1 - 0.9)
+    assert out["w"].item() == pytest.approx(1.0 + step * m / (v ** 0.5 + 1e-3), rel=1e-6)
+
+
+def test_fedprox_asks_clients_for_the_proximal_term():
+    assert STRATEGIES.get("fedprox", "fl.strategy")(FLConfig(mu=0.3)).prox_mu() == 0.3
+    assert STRATEGIES.get("fedavg", "fl.strategy")(FLConfig(mu=0.3)).prox_mu() == 0.0

@@ -1,0 +1,99 @@
+"""Every method on a tiny real BERT: one federated round changes only the method's parameters."""
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save
+
+from fedft.api import prepare
+from fedft.config import load_config
+from fedft.fl import comm
+from fedft.fl.loop import Setup, federated
+from fedft.fl.strategies import STRATEGIES
+from fedft.methods import METHODS
+from fedft.methods.base import frozen_snapshot
+
+# What each method may train (by parameter name) and must train.
+OWN = {
+    "full": lambda n: True,
+    "head": lambda n: ".head." in f".{n}" and "lora" not in n,
+    "bias": lambda n: n.endswith(".bias") or n.startswith("head."),
+    "lora": lambda n: "lora_" in n or "modules_to_save" in n,
+    "adapter": lambda n: ".adapter." in n or n.startswith("head."),
+    "prompt": lambda n: n.startswith(("prompt.", "head.")),
+}
+
+
+def one_round(tiny, method, **extra):
+    exp = prepare(load_config(None, tiny(**{"method.name": method, "fl.rounds": 1}, **extra)))
+    strategy = STRATEGIES.get("fedavg", "fl.strategy")(exp.config.fl)
+    setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, exp.config.fl, 1e-2, "float32", strategy)
+    return exp, setup
+
+
+def test_every_method_is_in_the_matrix():
+    assert set(METHODS.names()) == set(OWN)
+
+
+@pytest.mark.parametrize("method", sorted(OWN))
+def test_round_changes_only_the_methods_parameters(tiny, method):
+    exp, setup = one_round(tiny, method)
+    assert exp.params and all(OWN[method](n) for n in exp.params), list(exp.params)
+    frozen = frozen_snapshot(exp.model)
+    before = {k: p.detach().clone() for k, p in exp.params.items()}
+    row = next(federated(setup))
+    after = frozen_snapshot(exp.model)
+    assert frozen.keys() == after.keys()
+    for k in frozen:
+        assert torch.equal(frozen[k], after[k]), f"frozen {k} changed"
+    changed = [k for k, p in exp.params.items() if not torch.equal(before[k], p.detach())]
+    assert changed, "no trainable parameter changed"
+    if method in ("head", "prompt"):
+        assert all(k in changed for k in exp.params), "every trained tensor should move"
+    # payload bytes are the serialised trainable tensors, once per sampled client each way
+    payload = len(save({k: p.detach().contiguous() for k, p in exp.params.items()}))
+    assert row.bytes_down == payload * len(row.clients)
+    assert row.bytes_up == payload * len(row.clients)
+
+
+def test_payload_dtype_halves_bytes(tiny):
+    exp, _ = one_round(tiny, "bias")
+    state = {k: p.detach() for k, p in exp.params.items()}
+    b32, b16 = len(comm.encode(state, "float32")), len(comm.encode(state, "float16"))
+    n = sum(p.numel() for p in state.values())
+    body = lambda payload: len(payload) - 8 - int.from_bytes(payload[:8], "little")  # noqa: E731 (safetensors layout)
+    assert body(comm.encode(state, "float32")) == 4 * n and body(comm.encode(state, "float16")) == 2 * n
+    assert b16 < b32
+    assert comm.decode(comm.encode(state, "float16"))[next(iter(state))].dtype == torch.float32
+
+
+def test_adapter_starts_as_identity(tiny):
+    base, _ = one_round(tiny, "head")
+    adapted, _ = one_round(tiny, "adapter")
+    inputs, _ = base.test.batch(np.arange(8))
+    base.model.eval(), adapted.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(base.model(**inputs), adapted.model(**inputs), atol=1e-6)
+
+
+def test_deep_prompt_acts_at_every_layer(tiny):
+    exp, _ = one_round(tiny, "prompt", **{"method.deep": True, "method.prompt_length": 3})
+    tokens = exp.model.prompt.tokens
+    assert tuple(tokens.shape) == (2, 3, 32)  # one set per layer of the 2-layer tiny BERT
+    inputs, _ = exp.test.batch(np.arange(4))
+    exp.model.eval()
+    with torch.no_grad():
+        ref = exp.model(**inputs)
+        tokens[1].add_(1.0)  # the second layer's prompts: only a deep prompt reads them
+        assert not torch.allclose(ref, exp.model(**inputs))
+    shallow, _ = one_round(tiny, "prompt", **{"method.prompt_length": 3})
+    assert tuple(shallow.model.prompt.tokens.shape) == (1, 3, 32)
+
+
+def test_lora_targets_can_be_chosen_and_bad_ones_are_refused(tiny):
+    from fedft.errors import UsageError
+
+    exp, _ = one_round(tiny, "lora", **{"method.targets": "query,key,value", "method.rank": 2})
+    assert any(".key.lora_A" in n for n in exp.params) and all(
+        "lora_A.default.weight" not in n or exp.params[n].shape[0] == 2 for n in exp.params)
+    with pytest.raises(UsageError, match="method.targets"):
+        one_round(tiny, "lora", **{"method.targets": "nonexistent"})

@@ -1,0 +1,115 @@
+"""Whole runs on a tiny model: every method, mode and strategy, the files written, reproducibility, export."""
+import csv
+import json
+
+import pytest
+import torch
+
+import fedft
+from fedft.config import load_config
+from fedft.methods import METHODS
+
+KEYS_ROUND = {"round", "accuracy", "loss", "bytes_up", "bytes_down", "clients", "seconds"}
+KEYS_FINAL = {"accuracy", "bytes_total", "trainable_params", "total_params"}
+
+
+def run(tmp_path, tiny, name="r", **extra):
+    return fedft.run(load_config(None, tiny(**extra)), tmp_path / name)
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_two_rounds_of_every_method(tmp_path, tiny, method):
+    result = run(tmp_path, tiny, **{"method.name": method})
+    data = json.loads((result.out_dir / "results.json").read_text())
+    assert data["status"] == "completed" and data["config"]["method"]["name"] == method
+    assert len(data["rounds"]) == 2 and KEYS_ROUND <= set(data["rounds"][0])
+    assert KEYS_FINAL <= set(data["final"])
+    assert 0.0 <= data["final"]["accuracy"] <= 1.0
+    f = data["final"]
+    assert f["bytes_total"] == sum(r["bytes_up"] + r["bytes_down"] for r in data["rounds"])
+    assert all(r["bytes_up"] == f["payload_bytes"] * len(r["clients"]) for r in data["rounds"])
+    assert 0 < f["trainable_params"] <= f["total_params"]
+    rows = list(csv.DictReader((result.out_dir / "rounds.csv").open()))
+    assert [int(r["round"]) for r in rows] == [1, 2]
+    assert (result.out_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    for name in data["exported"]:
+        assert (result.out_dir / name).is_file()
+
+
+def test_same_config_same_results(tmp_path, tiny):
+    a = run(tmp_path, tiny, "a", **{"method.name": "bias", "data.partition": "dirichlet"})
+    b = run(tmp_path, tiny, "b", **{"method.name": "bias", "data.partition": "dirichlet"})
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(a.rounds) == strip(b.rounds)
+    ta = (a.out_dir / "trainable.safetensors").read_bytes()
+    assert ta == (b.out_dir / "trainable.safetensors").read_bytes()
+    c = run(tmp_path, tiny, "c", **{"method.name": "bias", "data.partition": "dirichlet", "fl.seed": 1})
+    assert strip(c.rounds) != strip(a.rounds)
+
+
+@pytest.mark.parametrize("strategy", ["fedprox", "fedavgm", "fedadam"])
+def test_strategies_run(tmp_path, tiny, strategy):
+    result = run(tmp_path, tiny, **{"method.name": "bias", "fl.strategy": strategy})
+    assert len(result.rounds) == 2 and result.final["accuracy"] is not None
+
+
+def test_local_and_central_baselines(tmp_path, tiny):
+    local = run(tmp_path, tiny, "local", **{"method.name": "head", "fl.mode": "local"})
+    assert local.final["bytes_total"] == 0 and len(local.rounds[0]["clients"]) == 4
+    central = run(tmp_path, tiny, "central", **{"method.name": "head", "fl.mode": "central"})
+    assert central.final["bytes_total"] == 0 and central.final["accuracy"] is not None
+
+
+def test_float16_on_the_wire(tmp_path, tiny):
+    r32 = run(tmp_path, tiny, "a", **{"method.name": "full"})
+    r16 = run(tmp_path, tiny, "b", **{"method.name": "full", "comm.dtype": "float16"})
+    assert r16.final["bytes_total"] < 0.6 * r32.final["bytes_total"]
+
+
+def test_lora_export_loads_with_peft_and_gives_the_same_logits(tmp_path, tiny):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from fedft.api import prepare
+    from fedft.fl.loop import Setup, federated
+    from fedft.fl.strategies import STRATEGIES
+    from fedft.models import Classifier, load_backbone
+
+    exp = prepare(load_config(None, tiny(**{"method.name": "lora"})))
+    strategy = STRATEGIES.get("fedavg", "fl.strategy")(exp.config.fl)
+    for _ in federated(Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, exp.config.fl, 0.05,
+                             "float32", strategy)):
+        pass
+    meta = {"model": "tiny-bert", "model_source": "tiny-bert", "classes": ["a", "b", "c", "d"], "pooling": "mean"}
+    files = exp.method.export(exp.model, tmp_path, meta)
+    assert "adapter/adapter_model.safetensors" in files
+    weights = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and w.abs().sum() > 0 for k, w in weights.items()), "LoRA B never trained"
+
+    fresh = Classifier(load_backbone(exp.config.model).model, 4, "mean", seed=123)  # other head init
+    loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
+    inputs, _ = exp.test.batch(list(range(8)))
+    exp.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(**inputs), exp.model(**inputs), atol=1e-6)
+        untrained = Classifier(load_backbone(exp.config.model).model, 4, "mean", seed=123).eval()
+        assert not torch.allclose(loaded(**inputs), untrained(**inputs), atol=1e-4)
+
+
+def test_interrupted_run_keeps_finished_rounds(tmp_path, tiny, monkeypatch):
+    import fedft.api as api
+
+    real = api.write_csv
+    calls = []
+
+    def stop_after_first(path, rounds):
+        real(path, rounds)
+        calls.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "write_csv", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, tiny, **{"method.name": "head"})
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["status"] == "interrupted" and len(data["rounds"]) == 1
+    assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
