@@ -103,10 +103,9 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
             r = dataclasses.asdict(row)
             record["rounds"].append(r)
             sent += row.bytes_up + row.bytes_down
-            acc = "   -  " if row.accuracy is None else f"{row.accuracy:.4f}"
-            loss = row.train_loss if row.loss is None else row.loss
-            (log or (lambda line: None))(f"round {row.round:>3}/{fl.rounds}  accuracy {acc}  loss {loss:.4f}  "
-                f"sent {sent / 1e6:8.2f} MB  {row.seconds:6.1f} s")
+            test = "" if row.accuracy is None else f"  test accuracy {row.accuracy:.4f}  test loss {row.loss:.4f}"
+            (log or (lambda line: None))(f"round {row.round:>3}/{fl.rounds}  train loss {row.train_loss:.4f}{test}"
+                                         f"  sent {sent / 1e6:.2f} MB  {row.seconds:.1f} s")
             write_json(out / "results.json", _finite(record))
             write_csv(out / "rounds.csv", record["rounds"])
         last = [r for r in record["rounds"] if r["accuracy"] is not None][-1]

@@ -10,7 +10,7 @@ from fedft.models.arch import LORA_TARGETS, lookup
 @METHODS.register("lora")
 class Lora(Method):
     name = "lora"
-    default_lr = 1e-3
+    default_lr = 3e-3
 
     def apply(self, model):
         from peft import LoraConfig, get_peft_model
