@@ -16,14 +16,20 @@ from fedft.methods.base import frozen_snapshot
 OWN = {
     "full": lambda n: True,
     "head": lambda n: ".head." in f".{n}" and "lora" not in n,
-    "bias": lambda n: n.endswith(".bias") or n.startswith("head."),
+    "bias": lambda n: n.endswith(".bias") or n.startswith("head."),  # every bias of the backbone, checked below
     "lora": lambda n: "lora_" in n or "modules_to_save" in n,
     "adapter": lambda n: ".adapter." in n or n.startswith("head."),
     "prompt": lambda n: n.startswith(("prompt.", "head.")),
 }
 
 
-def one_round(tiny, method, **extra):
+IMAGE = {"data.name": "digits", "data.image_size": 28, "data.train_per_class": 12, "data.test_per_class": 5,
+         "fl.batch_size": 8}
+MODELS = {"tiny-bert": {}, "tiny-vit": IMAGE, "tiny-dinov2": IMAGE, "tiny-clip": IMAGE}
+
+
+def one_round(tiny, method, model="tiny-bert", **extra):
+    extra = {**MODELS[model], "model.name": model, **extra}
     exp = prepare(load_config(None, tiny(**{"method.name": method, "fl.rounds": 1}, **extra)))
     strategy = STRATEGIES.get("fedavg", "fl.strategy")(exp.config.fl)
     setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, exp.config.fl, 1e-2, "float32", strategy)
@@ -34,10 +40,13 @@ def test_every_method_is_in_the_matrix():
     assert set(METHODS.names()) == set(OWN)
 
 
+@pytest.mark.parametrize("model", sorted(MODELS))
 @pytest.mark.parametrize("method", sorted(OWN))
-def test_round_changes_only_the_methods_parameters(tiny, method):
-    exp, setup = one_round(tiny, method)
+def test_round_changes_only_the_methods_parameters(tiny, method, model):
+    exp, setup = one_round(tiny, method, model)
     assert exp.params and all(OWN[method](n) for n in exp.params), list(exp.params)
+    if method == "bias":
+        assert {n for n, _ in exp.model.named_parameters() if n.endswith(".bias")} <= set(exp.params)
     frozen = frozen_snapshot(exp.model)
     before = {k: p.detach().clone() for k, p in exp.params.items()}
     row = next(federated(setup))

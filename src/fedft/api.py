@@ -51,13 +51,46 @@ class Result:
     out_dir: Path | None
 
 
-def build_model(config: Config, num_classes: int) -> tuple[nn.Module, Method, Backbone]:
+def build_model(config: Config, classes: list[str]) -> tuple[nn.Module, Method, Backbone]:
     """Backbone + head with the method applied. Seeded, so the same config gives the same initial model."""
     method = METHODS.get(config.method.name, "method.name")(config.method)
     backbone = load_backbone(config.model)
-    classifier = Classifier(backbone.model, num_classes, config.model.pooling, seed=config.fl.seed)
+    classifier = Classifier(backbone.model, len(classes), config.model.pooling, seed=config.fl.seed)
+    if classifier.pooling == "pooler" and not (hasattr(backbone.model, "feature_dim")
+                                               or getattr(backbone.model, "pooler", None) is not None
+                                               or backbone.model_type == "dinov2"):
+        raise UsageError(f"model.pooling = 'pooler': model {config.model.name!r} has no pooler; use mean or cls")
+    if config.method.head_init == "text":
+        if backbone.clip is None or backbone.tokenizer is None:
+            raise UsageError(f"method.head_init = 'text' needs a CLIP model with its tokenizer; "
+                             f"model.name = {config.model.name!r} is a {backbone.model_type!r} model")
+        from fedft.models.clip import text_head_weights
+
+        with torch.no_grad():
+            classifier.head.weight.copy_(text_head_weights(backbone.clip, backbone.tokenizer, classes))
+            classifier.head.bias.zero_()
     torch.manual_seed(config.fl.seed)
     return method.apply(classifier), method, backbone
+
+
+def to_examples(raw, backbone: Backbone, config: Config):
+    """Raw split -> what the model eats: token ids (text) or resized, normalised pixel batches (images)."""
+    from fedft.data import IMAGE_SETS, TEXT_SETS, LabelledText
+    from fedft.data.images import to_examples as image_examples
+
+    kind = "text" if isinstance(raw, LabelledText) else "image"
+    if kind != backbone.modality:
+        sets = TEXT_SETS if backbone.modality == "text" else IMAGE_SETS
+        article = {"text": "a text", "image": "an image"}
+        raise UsageError(f"data.name = {config.data.name!r} is {article[kind]} data set but model.name = "
+                         f"{config.model.name!r} is {article[backbone.modality]} model; use {' or '.join(sets)}")
+    if kind == "text":
+        return tokenize(raw, backbone.tokenizer, config.model.max_length)
+    size, patch = config.data.image_size, backbone.patch_size
+    if size % patch or size < patch:
+        raise UsageError(f"data.image_size = {size}: model {config.model.name!r} takes a multiple of its patch "
+                         f"size {patch} (e.g. {patch * max(1, round(size / patch))})")
+    return image_examples(raw, size, backbone.image_mean, backbone.image_std, backbone.num_channels)
 
 
 def prepare(config: Config) -> Experiment:
@@ -66,9 +99,9 @@ def prepare(config: Config) -> Experiment:
     METHODS.get(config.method.name, "method.name")
     train_raw, test_raw = load_dataset(config.data)
     clients = partition(train_raw.labels, config.data, config.fl.seed)
-    model, method, backbone = build_model(config, len(train_raw.classes))
-    train = tokenize(train_raw, backbone.tokenizer, config.model.max_length)
-    test = tokenize(test_raw, backbone.tokenizer, config.model.max_length)
+    model, method, backbone = build_model(config, train_raw.classes)
+    train = to_examples(train_raw, backbone, config)
+    test = to_examples(test_raw, backbone, config)
     return Experiment(config, model, method, trainable_parameters(model), train, test, train_raw.classes,
                       clients, backbone.source)
 
@@ -115,7 +148,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                      seconds=time.perf_counter() - started)
         record["final"] = final
         meta = {"model": config.model.name, "model_source": exp.model_source, "classes": exp.classes,
-                "pooling": config.model.pooling}
+                "pooling": config.model.pooling, "image_size": config.data.image_size}
         record["exported"] = exp.method.export(exp.model, out, meta)
         plot_curves(out / "curves.png", record["rounds"], f"{config.method.name} / {fl.mode}")
         record["status"] = "completed"

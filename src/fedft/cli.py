@@ -78,12 +78,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from fedft.methods.base import count_parameters
 
     config = _load(args, [f"model.name={_toml_str(args.model)}"] if args.model else [])
-    num_classes = len(load_dataset(config.data)[0].classes)
+    classes = load_dataset(config.data)[0].classes
+    num_classes = len(classes)
     print(f"model {config.model.name}, {num_classes} classes ({config.data.name}), payload at {config.comm.dtype}")
     print(f"{'method':<8} {'trainable':>12} {'total':>12} {'share':>8} {'MB/client/round':>16}")
     for name in METHODS.names():
         config.method.name = name
-        model, _, _ = build_model(config, num_classes)
+        model, _, _ = build_model(config, classes)
         params = trainable_parameters(model)
         n, total = sum(p.numel() for p in params.values()), count_parameters(model)
         payload = len(comm.encode({k: p.detach() for k, p in params.items()}, config.comm.dtype))

@@ -25,27 +25,33 @@ def doc(text: str, **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    name: str = doc("built-in model (minilm, tiny-bert) or a local Hugging Face model directory", default="minilm")
-    pooling: str = doc("how token states become one vector: mean | cls", default="mean")
+    name: str = doc("built-in model (minilm, dinov2-small, tiny-bert, tiny-vit, tiny-dinov2, tiny-clip) or a local "
+                    "Hugging Face model directory", default="minilm")
+    pooling: str = doc("how token states become one vector: auto (CLIP: pooler, others: mean) | mean | cls | pooler",
+                       default="auto")
     max_length: int = doc("longest token sequence kept (longer inputs are truncated)", default=48)
 
     def check(self) -> None:
-        _choice("model.pooling", self.pooling, ("mean", "cls"))
+        _choice("model.pooling", self.pooling, ("auto", "mean", "cls", "pooler"))
         _at_least("model.max_length", self.max_length, 4)
 
 
 @dataclass
 class DataConfig:
-    name: str = doc("data set: wordnet-nouns | csv:PATH (columns text,label)", default="wordnet-nouns")
+    name: str = doc("data set: wordnet-nouns | csv:PATH (columns text,label) | fashion-mnist | digits | "
+                    "imagefolder:PATH (one sub-folder per class)", default="wordnet-nouns")
     num_clients: int = doc("number of clients the training set is split over", default=50)
     partition: str = doc("how the training set is split: iid | dirichlet | pathological", default="dirichlet")
     alpha: float = doc("Dirichlet concentration over labels (smaller = more skewed)", default=0.5)
     classes_per_client: int = doc("labels each client holds under the pathological partition", default=2)
     shots: int = doc("few-shot: at most this many examples per class per client (0 = all)", default=0)
+    image_size: int = doc("images: side in pixels the model sees (a multiple of its patch size)", default=56)
     min_class_size: int = doc("wordnet-nouns: keep categories with at least this many glosses", default=1500)
-    train_per_class: int = doc("wordnet-nouns: at most this many training examples per class", default=1000)
-    test_per_class: int = doc("wordnet-nouns: test examples per class (a fixed, seeded split)", default=300)
-    test_fraction: float = doc("csv: share of each class held out for the test set", default=0.2)
+    train_per_class: int = doc("wordnet-nouns, fashion-mnist, digits: at most this many training examples per class",
+                               default=1000)
+    test_per_class: int = doc("wordnet-nouns, fashion-mnist, digits: test examples per class (a fixed, seeded split)",
+                              default=300)
+    test_fraction: float = doc("csv, imagefolder: share of each class held out for the test set", default=0.2)
 
     def check(self) -> None:
         _at_least("data.num_clients", self.num_clients, 1)
@@ -55,6 +61,7 @@ class DataConfig:
         _at_least("data.classes_per_client", self.classes_per_client, 1)
         _at_least("data.shots", self.shots, 0)
         _at_least("data.min_class_size", self.min_class_size, 2)
+        _at_least("data.image_size", self.image_size, 1)
         _at_least("data.train_per_class", self.train_per_class, 1)
         _at_least("data.test_per_class", self.test_per_class, 1)
         if not 0 < self.test_fraction < 1:
@@ -73,6 +80,8 @@ class MethodConfig:
     prompt_length: int = doc("prompt: number of learned prompt tokens", default=10)
     deep: bool = doc("prompt: fresh prompt tokens at every layer (deep) instead of the input only (shallow)",
                      default=False)
+    head_init: str = doc("classifier start: random | text (CLIP only: the class names' normalised text embeddings)",
+                         default="random")
 
     def check(self) -> None:
         _at_least("method.rank", self.rank, 1)
@@ -82,6 +91,7 @@ class MethodConfig:
             raise UsageError(f"method.dropout = {self.dropout}: must be in [0, 1)")
         _at_least("method.bottleneck", self.bottleneck, 1)
         _at_least("method.prompt_length", self.prompt_length, 1)
+        _choice("method.head_init", self.head_init, ("random", "text"))
 
 
 @dataclass

@@ -50,15 +50,26 @@ def tokenize(data: LabelledText, tokenizer, max_length: int) -> TextExamples:
     return TextExamples(ids, torch.as_tensor(data.labels, dtype=torch.long), int(tokenizer.pad_token_id or 0))
 
 
-def load_dataset(cfg: DataConfig) -> tuple[LabelledText, LabelledText]:
-    """(train, test) for `data.name`. The test split is fixed: it depends on the data alone, not on fl.seed."""
-    from fedft.data import csvdata, wordnet
+TEXT_SETS = ("wordnet-nouns", "csv:PATH")
+IMAGE_SETS = ("fashion-mnist", "digits", "imagefolder:PATH")
+
+
+def load_dataset(cfg: DataConfig):
+    """(train, test) for `data.name`: LabelledText or LabelledImages. The test split is fixed: it depends on
+    the data alone, not on fl.seed."""
+    from fedft.data import csvdata, images, wordnet
 
     if cfg.name == "wordnet-nouns":
         return wordnet.load(cfg)
     if cfg.name.startswith("csv:"):
         return csvdata.load(cfg.name[4:], cfg.test_fraction)
-    raise UsageError(f"data.name = {cfg.name!r}: unknown data set; choose wordnet-nouns or csv:PATH")
+    if cfg.name == "fashion-mnist":
+        return images.load_fashion_mnist(cfg)
+    if cfg.name == "digits":
+        return images.load_digits(cfg)
+    if cfg.name.startswith("imagefolder:"):
+        return images.load_image_folder(cfg.name[len("imagefolder:"):], cfg.test_fraction)
+    raise UsageError(f"data.name = {cfg.name!r}: unknown data set; choose one of {', '.join(TEXT_SETS + IMAGE_SETS)}")
 
 
 def stratified_split(labels: np.ndarray, n_test: list[int], n_train: list[int], seed: int = 0

@@ -1,6 +1,7 @@
-"""prompt: learned prompt tokens inserted after the first ([CLS]) token, plus the head.
+"""prompt: learned prompt tokens inserted after the first ([CLS]) token, plus the head (VPT on images).
 
-Shallow: one set of prompt tokens at the input. Deep (VPT-deep): a fresh set replaces the prompt positions
+Shallow: one set of prompt tokens at the input (text: spliced into the input embeddings with the attention
+mask extended; images: in a hook on the patch embeddings' output). Deep (VPT-deep): a fresh set replaces the prompt positions
 at the input of every transformer layer. peft's prompt tuning has no deep variant for encoders and runs
 through task-specific wrappers, so this is own code; the result is exported as safetensors.
 """
@@ -25,6 +26,11 @@ class Prompts(nn.Module):
         embeds = torch.cat([embeds[:, :1], prompts, embeds[:, 1:]], dim=1)
         mask = torch.cat([mask[:, :1], mask.new_ones(b, p), mask[:, 1:]], dim=1)
         return embeds, mask
+
+    def insert(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Images: (B, 1+N, H) patch embeddings -> (B, 1+P+N, H)."""
+        prompts = self.tokens[0].unsqueeze(0).expand(embeds.shape[0], -1, -1).to(embeds.dtype)
+        return torch.cat([embeds[:, :1], prompts, embeds[:, 1:]], dim=1)
 
     def replace(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Deep prompts: layer `layer`'s own tokens in positions 1..P of its input (B, 1+P+T', H)."""
@@ -51,6 +57,9 @@ class Prompt(Method):
         layers = transformer_layers(model.backbone)
         hidden = model.backbone.config.hidden_size
         model.prompt = Prompts(len(layers) if self.cfg.deep else 1, self.cfg.prompt_length, hidden)
+        if model.modality == "image":
+            prompts = model.prompt
+            model.backbone.embeddings.register_forward_hook(lambda module, args, out: prompts.insert(out))
         if self.cfg.deep:
             for i, layer in enumerate(layers):
                 if i > 0:

@@ -1,8 +1,9 @@
-"""Load a frozen pre-trained backbone (and its tokenizer) and put a classification head on it."""
+"""Load a frozen pre-trained backbone (text encoder, ViT/DINOv2, CLIP image tower) and put a head on it."""
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,14 +14,32 @@ from fedft.errors import UsageError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from packages or local folders, never a hub
 
-BUILTIN = ("minilm", "tiny-bert")
+BUILTIN = ("minilm", "dinov2-small", "tiny-bert", "tiny-vit", "tiny-dinov2", "tiny-clip")
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+CLIP_NORM = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
 
 
 @dataclass
 class Backbone:
-    model: nn.Module  # a transformers PreTrainedModel that returns last_hidden_state
-    tokenizer: object  # its tokenizer (text models)
+    model: nn.Module  # returns last_hidden_state (and pooler_output where pooling = "pooler")
+    modality: str  # "text" | "image"
     source: str  # where the weights came from
+    tokenizer: object = None  # text models, and CLIP (for the text-initialised head)
+    image_mean: list[float] = field(default_factory=lambda: IMAGENET[0])
+    image_std: list[float] = field(default_factory=lambda: IMAGENET[1])
+    clip: nn.Module | None = None  # the whole CLIPModel, for method.head_init = "text"
+
+    @property
+    def model_type(self) -> str:
+        return self.model.config.model_type
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.model.config.patch_size)
+
+    @property
+    def num_channels(self) -> int:
+        return int(getattr(self.model.config, "num_channels", 3))
 
 
 def minilm_path() -> str:
@@ -35,56 +54,130 @@ def minilm_path() -> str:
 
 def load_backbone(cfg: ModelConfig) -> Backbone:
     """The pre-trained model named by `model.name`: a built-in name or a local Hugging Face directory."""
-    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
     from transformers.utils import logging as hf_logging
+
+    from fedft.models import tiny
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if cfg.name == "tiny-bert":
-        # A 2-layer BERT with random weights and MiniLM's tokenizer: a real architecture for tests and smoke runs.
-        tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = BertModel(config, add_pooling_layer=False)
-        return Backbone(model.eval(), tokenizer, "tiny-bert (random weights)")
-    path = minilm_path() if cfg.name == "minilm" else cfg.name
-    if cfg.name != "minilm" and not Path(path).is_dir():
+        tokenizer = _minilm_tokenizer()
+        return Backbone(tiny.tiny_bert(tokenizer.vocab_size), "text", "tiny-bert (random weights)", tokenizer)
+    if cfg.name == "tiny-vit":
+        return Backbone(tiny.tiny_vit(), "image", "tiny-vit (random weights)")
+    if cfg.name == "tiny-dinov2":
+        return Backbone(tiny.tiny_dinov2(), "image", "tiny-dinov2 (random weights)")
+    if cfg.name == "tiny-clip":
+        tokenizer = _minilm_tokenizer()
+        clip = tiny.tiny_clip(tokenizer.vocab_size)
+        return _clip_backbone(clip, tokenizer, "tiny-clip (random weights)", CLIP_NORM)
+    if cfg.name == "minilm":
+        return _load_dir(minilm_path(), cfg.name)
+    if cfg.name == "dinov2-small":
+        from fedft.models.dinov2_onnx import dinov2_small_path
+
+        return _load_dir(dinov2_small_path(), cfg.name)
+    if not Path(cfg.name).is_dir():
         raise UsageError(f"model.name = {cfg.name!r}: not a built-in model ({', '.join(BUILTIN)}) "
                          f"nor a local Hugging Face model directory")
+    return _load_dir(cfg.name, cfg.name)
+
+
+def _load_dir(path: str, name: str) -> Backbone:
+    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel
+
     try:
-        model = AutoModel.from_pretrained(path)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+        if config.model_type == "clip":
+            return _clip_backbone(CLIPModel.from_pretrained(path).eval(), _tokenizer_or_none(path), path,
+                                  _image_norm(path, CLIP_NORM))
+        model = AutoModel.from_pretrained(path).eval()
+        if hasattr(config, "patch_size"):  # ViT, DINOv2, CLIP's vision model alone
+            default = CLIP_NORM if "clip" in config.model_type else IMAGENET
+            mean, std = _image_norm(path, default)
+            return Backbone(model, "image", path, image_mean=mean, image_std=std)
+        return Backbone(model, "text", path, AutoTokenizer.from_pretrained(path))
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"model.name = {cfg.name!r}: cannot load a model and tokenizer from it ({first})") from None
-    return Backbone(model.eval(), tokenizer, path)
+        raise UsageError(f"model.name = {name!r}: cannot load a model from {path} ({first})") from None
+
+
+def _clip_backbone(clip, tokenizer, source: str, norm) -> Backbone:
+    from fedft.models.clip import ClipImageTower
+
+    return Backbone(ClipImageTower(clip).eval(), "image", source, tokenizer, norm[0], norm[1], clip)
+
+
+def _image_norm(path: str, default):
+    pre = Path(path) / "preprocessor_config.json"
+    if pre.is_file():
+        data = json.loads(pre.read_text())
+        if "image_mean" in data and "image_std" in data:
+            return list(data["image_mean"]), list(data["image_std"])
+    return default
+
+
+def _tokenizer_or_none(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())
 
 
 class Classifier(nn.Module):
-    """backbone -> pooled vector -> linear head. A method may add `prompt` (prepended learned tokens)."""
+    """backbone -> pooled vector -> linear head.
 
-    def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "mean", seed: int = 0) -> None:
+    Text input: input_ids + attention_mask; image input: pixel_values. The prompt method may set `prompt`
+    (text: learned tokens spliced into the input embeddings; images do it in a hook on the embeddings).
+    Pooling: mean (over tokens; over patch tokens for images), cls, or pooler (the backbone's pooler_output,
+    e.g. CLIP's projected image embedding).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, pooling: str = "auto", seed: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
-        self.pooling = pooling
+        self.modality = "text" if hasattr(backbone.config, "vocab_size") and not hasattr(
+            backbone.config, "patch_size") else "image"
+        self.pooling = _auto_pooling(backbone) if pooling == "auto" else pooling
         self.prompt: nn.Module | None = None
+        dim = getattr(backbone, "feature_dim", None) if self.pooling == "pooler" else None
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            self.head = nn.Linear(backbone.config.hidden_size, num_classes)
+            self.head = nn.Linear(dim or backbone.config.hidden_size, num_classes)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        # input_ids, attention_mask: (B, T) -> logits (B, C)
-        if self.prompt is None:
-            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        if pixel_values is not None:  # (B, C, S, S)
+            extra = {"interpolate_pos_encoding": True} if self.backbone.config.model_type == "vit" else {}
+            out = self.backbone(pixel_values=pixel_values, **extra)
+            hidden, mask = out.last_hidden_state[:, 1:], None  # patch (and prompt) tokens
+        elif self.prompt is None:  # input_ids, attention_mask: (B, T)
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+            hidden, mask = out.last_hidden_state, attention_mask
         else:
             embeds = self.backbone.get_input_embeddings()(input_ids)  # (B, T, H)
-            embeds, attention_mask = self.prompt(embeds, attention_mask)  # (B, P+T, H), (B, P+T)
-            hidden = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
+            embeds, mask = self.prompt(embeds, attention_mask)  # (B, P+T, H), (B, P+T)
+            out = self.backbone(inputs_embeds=embeds, attention_mask=mask)
+            hidden = out.last_hidden_state
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        elif self.pooling == "cls":
+            pooled = out.last_hidden_state[:, 0]
+        elif mask is None:
+            pooled = hidden.mean(1)
         else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.head(pooled)
+
+
+def _auto_pooling(backbone: nn.Module) -> str:
+    return "pooler" if getattr(backbone, "feature_dim", None) else "mean"

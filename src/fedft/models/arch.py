@@ -15,8 +15,8 @@ LORA_TARGETS: dict[str, list[str]] = {
     "electra": ["query", "value"],
     "mpnet": ["q", "v"],
     "distilbert": ["q_lin", "v_lin"],
-    "vit": ["query", "value"],
-    "dinov2": ["query", "value"],
+    "vit": ["q_proj", "v_proj"],  # transformers 5 names ViT's and DINOv2's attention projections q/k/v/o_proj
+    "dinov2": ["q_proj", "v_proj"],
     "clip": ["q_proj", "v_proj"],
     "clip_vision_model": ["q_proj", "v_proj"],
 }
@@ -27,8 +27,8 @@ ADAPTER_AFTER: dict[str, list[str]] = {
     "roberta": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
     "xlm-roberta": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
     "electra": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
-    "vit": [r"attention\.output\.dense$", r"layer\.\d+\.output\.dense$"],
-    "dinov2": [r"attention\.output\.dense$", r"mlp\.fc2$"],
+    "vit": [r"attention\.o_proj$", r"mlp\.fc2$"],
+    "dinov2": [r"attention\.o_proj$", r"mlp\.fc2$"],
     "clip": [r"self_attn\.out_proj$", r"mlp\.fc2$"],
     "clip_vision_model": [r"self_attn\.out_proj$", r"mlp\.fc2$"],
 }
