@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +21,7 @@ from fedft.fl import comm
 from fedft.fl.loop import MODES, Row, Setup
 from fedft.fl.strategies import STRATEGIES
 from fedft.methods import METHODS, Method, trainable_parameters
-from fedft.methods.base import count_parameters
+from fedft.methods.base import count_parameters, freeze_unused
 from fedft.models import Backbone, Classifier, load_backbone
 from fedft.report import plot_curves, write_csv, write_json
 
@@ -64,6 +65,9 @@ def build_model(config: Config, classes: list[str]) -> tuple[nn.Module, Method, 
         if backbone.clip is None or backbone.tokenizer is None:
             raise UsageError(f"method.head_init = 'text' needs a CLIP model with its tokenizer; "
                              f"model.name = {config.model.name!r} is a {backbone.model_type!r} model")
+        if classifier.pooling != "pooler":
+            raise UsageError(f"method.head_init = 'text' needs model.pooling = 'auto' or 'pooler' (CLIP's "
+                             f"projected image embedding), not {config.model.pooling!r}")
         from fedft.models.clip import text_head_weights
 
         with torch.no_grad():
@@ -85,6 +89,13 @@ def to_examples(raw, backbone: Backbone, config: Config):
         raise UsageError(f"data.name = {config.data.name!r} is {article[kind]} data set but model.name = "
                          f"{config.model.name!r} is {article[backbone.modality]} model; use {' or '.join(sets)}")
     if kind == "text":
+        longest = config.model.max_length + (config.method.prompt_length if config.method.name == "prompt" else 0)
+        limit = getattr(backbone.model.config, "max_position_embeddings", None)
+        if limit is not None and longest > limit:
+            raise UsageError(f"model.max_length = {config.model.max_length}"
+                             + (f" + method.prompt_length = {config.method.prompt_length}"
+                                if config.method.name == "prompt" else "")
+                             + f": model {config.model.name!r} takes at most {limit} positions")
         return tokenize(raw, backbone.tokenizer, config.model.max_length)
     size, patch = config.data.image_size, backbone.patch_size
     if size % patch or size < patch:
@@ -102,6 +113,7 @@ def prepare(config: Config) -> Experiment:
     model, method, backbone = build_model(config, train_raw.classes)
     train = to_examples(train_raw, backbone, config)
     test = to_examples(test_raw, backbone, config)
+    freeze_unused(model, test.batch([0, len(test) - 1])[0])
     return Experiment(config, model, method, trainable_parameters(model), train, test, train_raw.classes,
                       clients, backbone.source)
 
@@ -167,6 +179,12 @@ def _check_out_dir(out_dir: str | Path | None) -> Path:
         raise UsageError(f"--out {str(out)!r} is a file, not a folder")
     if (out / "results.json").exists():
         raise UsageError(f"--out {str(out)!r} already holds a run (results.json); choose another folder")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {str(out)!r}: cannot create a folder under {str(parent)!r} "
+                         f"(not a writable folder)")
     return out
 
 

@@ -71,23 +71,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from fedft.api import build_model
-    from fedft.data import load_dataset
+    from fedft.api import prepare
     from fedft.fl import comm
-    from fedft.methods import METHODS, trainable_parameters
+    from fedft.methods import METHODS
     from fedft.methods.base import count_parameters
 
     config = _load(args, [f"model.name={_toml_str(args.model)}"] if args.model else [])
-    classes = load_dataset(config.data)[0].classes
-    num_classes = len(classes)
-    print(f"model {config.model.name}, {num_classes} classes ({config.data.name}), payload at {config.comm.dtype}")
-    print(f"{'method':<8} {'trainable':>12} {'total':>12} {'share':>8} {'MB/client/round':>16}")
+    header = False
     for name in METHODS.names():
         config.method.name = name
-        model, _, _ = build_model(config, classes)
-        params = trainable_parameters(model)
-        n, total = sum(p.numel() for p in params.values()), count_parameters(model)
-        payload = len(comm.encode({k: p.detach() for k, p in params.items()}, config.comm.dtype))
+        exp = prepare(config)  # the model exactly as a run builds it
+        if not header:
+            print(f"model {config.model.name}, {len(exp.classes)} classes ({config.data.name}), "
+                  f"payload at {config.comm.dtype}")
+            print(f"{'method':<8} {'trainable':>12} {'total':>12} {'share':>8} {'MB/client/round':>16}")
+            header = True
+        n, total = sum(p.numel() for p in exp.params.values()), count_parameters(exp.model)
+        payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
         print(f"{name:<8} {n:>12,} {total:>12,} {100 * n / total:>7.3f}% {payload / 1e6:>16.4f}")
     return 0
 

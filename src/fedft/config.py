@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 import types
 import typing
@@ -44,6 +45,8 @@ class DataConfig:
     partition: str = doc("how the training set is split: iid | dirichlet | pathological", default="dirichlet")
     alpha: float = doc("Dirichlet concentration over labels (smaller = more skewed)", default=0.5)
     classes_per_client: int = doc("labels each client holds under the pathological partition", default=2)
+    min_partition_size: int = doc("dirichlet: every client gets at least this many examples (lower it when a "
+                                  "small alpha over many clients cannot be split)", default=10)
     shots: int = doc("few-shot: at most this many examples per class per client (0 = all)", default=0)
     image_size: int = doc("images: side in pixels the model sees (a multiple of its patch size)", default=56)
     min_class_size: int = doc("wordnet-nouns: keep categories with at least this many glosses", default=1500)
@@ -60,6 +63,7 @@ class DataConfig:
             raise UsageError(f"data.alpha = {self.alpha}: must be > 0")
         _at_least("data.classes_per_client", self.classes_per_client, 1)
         _at_least("data.shots", self.shots, 0)
+        _at_least("data.min_partition_size", self.min_partition_size, 0)
         _at_least("data.min_class_size", self.min_class_size, 2)
         _at_least("data.image_size", self.image_size, 1)
         _at_least("data.train_per_class", self.train_per_class, 1)
@@ -259,9 +263,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
             return value
         raise UsageError(f"{key} = {value!r}: must be an integer")
     if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise UsageError(f"{key} = {value!r}: must be a number")
+        raise UsageError(f"{key} = {value!r}: must be a finite number")
     if typ is str:
         if isinstance(value, str):
             return value

@@ -26,7 +26,8 @@ def partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray
         part = IidPartitioner(num_partitions=n)
     elif cfg.partition == "dirichlet":
         part = DirichletPartitioner(num_partitions=n, partition_by="label", alpha=cfg.alpha,
-                                    min_partition_size=min(10, len(labels) // n), self_balancing=True, seed=seed)
+                                    min_partition_size=min(cfg.min_partition_size, len(labels) // n),
+                                    self_balancing=True, seed=seed)
     else:
         if cfg.classes_per_client > num_classes:
             raise UsageError(f"data.classes_per_client = {cfg.classes_per_client}: the data has only "
@@ -41,14 +42,16 @@ def partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray
             warnings.simplefilter("ignore", UserWarning)
             clients = [np.array(part.load_partition(i)["idx"], dtype=np.int64) for i in range(n)]
     except ValueError as e:
+        hint = (f"; lower data.min_partition_size ({cfg.min_partition_size}) or raise data.alpha"
+                if cfg.partition == "dirichlet" else "")
         raise UsageError(f"data.partition = {cfg.partition!r} with {n} clients cannot split "
-                         f"{len(labels)} examples ({e})") from None
+                         f"{len(labels)} examples ({str(e).splitlines()[0]}){hint}") from None
     if cfg.shots > 0:
-        clients = [few_shot(idx, labels, cfg.shots, seed + i) for i, idx in enumerate(clients)]
+        clients = [few_shot(idx, labels, cfg.shots, np.random.SeedSequence([seed, i])) for i, idx in enumerate(clients)]
     return clients
 
 
-def few_shot(idx: np.ndarray, labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+def few_shot(idx: np.ndarray, labels: np.ndarray, shots: int, seed) -> np.ndarray:
     """At most `shots` examples of each class from one client's indices (seeded choice)."""
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(idx[labels[idx] == c])[:shots] for c in np.unique(labels[idx])]

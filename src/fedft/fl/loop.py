@@ -71,7 +71,7 @@ def federated(s: Setup) -> Iterator[Row]:
             update.state = comm.decode(up)  # the server sees exactly what was sent
             updates.append(update)
             s.tick()
-        global_state = s.strategy.aggregate(global_state, updates)
+        global_state = s.strategy.aggregate(start, updates)  # against what the clients started from
         load_state(s.params, global_state)
         acc, loss = evaluate(s.model, s.test) if s.eval_round(rnd) else (None, None)
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, len(down) * len(sampled), sampled,

@@ -64,6 +64,21 @@ def count_parameters(model: nn.Module) -> int:
     return total
 
 
+def freeze_unused(model: nn.Module, inputs: dict[str, torch.Tensor]) -> list[str]:
+    """Freeze trainable parameters that one forward pass never reaches (BERT's pooler under mean pooling,
+    DINOv2's mask token): they would get no gradient, yet be counted and sent. Returns their names."""
+    was_training = model.training
+    model.eval()
+    model(**inputs).float().sum().backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    for name, p in model.named_parameters():
+        p.grad = None
+        if name in unused:
+            p.requires_grad_(False)
+    model.train(was_training)
+    return unused
+
+
 @torch.no_grad()
 def frozen_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """Copies of every frozen parameter and buffer (tests check these never change)."""

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from fedft.methods.base import METHODS, Method, freeze_all_but
-from fedft.models.arch import transformer_layers
+from fedft.models.arch import ADAPTER_AFTER, lookup, transformer_layers
 
 
 class Prompts(nn.Module):
@@ -54,6 +54,7 @@ class Prompt(Method):
     default_lr = 1e-2
 
     def apply(self, model):
+        lookup(ADAPTER_AFTER, model.backbone.config.model_type, "method 'prompt'")  # a layout we know
         layers = transformer_layers(model.backbone)
         hidden = model.backbone.config.hidden_size
         model.prompt = Prompts(len(layers) if self.cfg.deep else 1, self.cfg.prompt_length, hidden)

@@ -148,6 +148,8 @@ class Classifier(nn.Module):
             backbone.config, "patch_size") else "image"
         self.pooling = _auto_pooling(backbone) if pooling == "auto" else pooling
         self.prompt: nn.Module | None = None
+        if self.pooling != "pooler" and getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # BERT/ViT pooler: unused by mean/cls pooling, so neither trained nor counted
         dim = getattr(backbone, "feature_dim", None) if self.pooling == "pooler" else None
         with torch.random.fork_rng():
             torch.manual_seed(seed)
