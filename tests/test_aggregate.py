@@ -49,6 +49,26 @@ def test_fedadam_first_step_by_hand():
     assert out["w"].item() == pytest.approx(1.0 + step * m / (v ** 0.5 + 1e-3), rel=1e-6)
 
 
+def test_fedprox_term_holds_local_training_near_the_start(tiny):
+    import numpy as np
+
+    from fedft.api import prepare
+    from fedft.config import load_config
+    from fedft.fl.client import TrainConfig, local_train, read_state
+
+    exp = prepare(load_config(None, tiny(**{"method.name": "head"})))
+    start = read_state(exp.params)
+    idx = exp.clients[0]
+
+    def drift(mu):
+        cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, prox_mu=mu)
+        update = local_train(exp.model, exp.params, start, exp.train, idx, cfg, seed=1)
+        return sum(float((update.state[k] - start[k]).norm()) for k in start)
+
+    free, held = drift(0.0), drift(1000.0)
+    assert free > 0 and held < 0.2 * free
+
+
 def test_fedprox_asks_clients_for_the_proximal_term():
     assert STRATEGIES.get("fedprox", "fl.strategy")(FLConfig(mu=0.3)).prox_mu() == 0.3
     assert STRATEGIES.get("fedavg", "fl.strategy")(FLConfig(mu=0.3)).prox_mu() == 0.0

@@ -24,6 +24,11 @@ BAD = [
     (["data.alpha=0"], "data.alpha = 0.0: must be > 0"),
     (["fl.clients_per_round=9"], "fl.clients_per_round = 9: must be <= data.num_clients (4)"),
     (["data.name=csv:/no/such.csv"], "data.name = 'csv:/no/such.csv': file does not exist"),
+    (["fl.lr=nan"], "fl.lr = nan: must be a finite number"),
+    (["model.max_length=500"], "model.max_length = 500: model 'tiny-bert' takes at most 128 positions"),
+    (["method.name=prompt", "method.prompt_length=100"],
+     "model.max_length = 48 + method.prompt_length = 100: model 'tiny-bert' takes at most 128"),
+    (["data.partition=dirichlet", "data.min_partition_size=100"], "lower data.min_partition_size (100)"),
 ]
 
 
@@ -51,6 +56,12 @@ def test_missing_wordnet_package_says_how_to_install(tmp_path, capsys, monkeypat
     assert main(["run", "--set", "model.name=tiny-bert", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "sudo apt-get install wordnet-base" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_out_under_a_file_is_refused(tmp_path, tiny, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["run", *sets(tiny()), "--out", str(tmp_path / "file" / "run"), "--quiet"]) == 2
+    assert "cannot create a folder under" in capsys.readouterr().err
 
 
 def test_existing_run_is_not_overwritten(tmp_path, tiny, capsys):

@@ -41,7 +41,8 @@ def test_pathological_gives_k_labels_per_client():
     clients = split(num_clients=10, partition="pathological", classes_per_client=2)
     check_disjoint_cover(clients, full=False)
     counts = label_counts(clients, LABELS, 10)
-    assert ((counts > 0).sum(1) <= 2).all() and ((counts > 0).sum(1) >= 1).all()
+    assert ((counts > 0).sum(1) == 2).all()
+    assert (counts.sum(0) > 0).all()  # every class is used
 
 
 def test_shots_cap_examples_per_class():
@@ -56,6 +57,19 @@ def test_seeded_and_reproducible():
     c = partition(LABELS, cfg, seed=2)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+
+
+def test_benchmark_scale_dirichlet_split():
+    from fedft.errors import UsageError
+
+    labels = np.repeat(np.arange(10), 1000)  # Fashion-MNIST's 10 x 1,000 at 100 clients, alpha 0.1
+    clients = partition(labels, DataConfig(num_clients=100, partition="dirichlet", alpha=0.1, min_partition_size=5),
+                        seed=0)
+    check_disjoint_cover(clients, n=len(labels))
+    assert min(len(c) for c in clients) >= 5
+    with pytest.raises(UsageError, match="lower data.min_partition_size"):
+        partition(labels, DataConfig(num_clients=100, partition="dirichlet", alpha=0.1, min_partition_size=90),
+                  seed=0)
 
 
 def test_too_many_clients_is_a_usage_error():

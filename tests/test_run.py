@@ -60,6 +60,35 @@ def test_local_and_central_baselines(tmp_path, tiny):
     assert central.final["bytes_total"] == 0 and central.final["accuracy"] is not None
 
 
+def test_same_config_same_results_json_across_processes(tmp_path, tiny):
+    import os
+    import subprocess
+    import sys
+
+    def run_process(name):
+        args = [a for o in tiny(**{"method.name": "lora", "data.partition": "dirichlet"}) for a in ("--set", o)]
+        subprocess.run([sys.executable, "-m", "fedft.cli", "run", *args, "--out", str(tmp_path / name), "--quiet"],
+                       check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True)
+        data = json.loads((tmp_path / name / "results.json").read_text())
+        for r in data["rounds"]:
+            r.pop("seconds")
+        data["final"].pop("seconds")
+        return data, (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
+
+    assert run_process("a") == run_process("b")
+
+
+def test_server_sees_float16_rounded_updates(tmp_path, tiny):
+    from safetensors.torch import load_file
+
+    result = run(tmp_path, tiny, **{"method.name": "bias", "comm.dtype": "float16", "fl.clients_per_round": 1})
+    state = load_file(str(result.out_dir / "trainable.safetensors"))  # FedAvg of one update = that update
+    assert all(torch.equal(v, v.half().float()) for v in state.values())
+    assert any(not torch.equal(v, v.half().float()) for v in
+               load_file(str(run(tmp_path, tiny, "f32", **{"method.name": "bias", "fl.clients_per_round": 1}
+                                 ).out_dir / "trainable.safetensors")).values())
+
+
 def test_float16_on_the_wire(tmp_path, tiny):
     r32 = run(tmp_path, tiny, "a", **{"method.name": "full"})
     r16 = run(tmp_path, tiny, "b", **{"method.name": "full", "comm.dtype": "float16"})

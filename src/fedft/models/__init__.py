@@ -77,9 +77,11 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
         from fedft.models.dinov2_onnx import dinov2_small_path
 
         return _load_dir(dinov2_small_path(), cfg.name)
-    if not Path(cfg.name).is_dir():
+    hub_id = "/" in cfg.name and not cfg.name.startswith((".", "/")) and os.environ.get("HF_HUB_OFFLINE") == "0"
+    if not Path(cfg.name).is_dir() and not hub_id:
         raise UsageError(f"model.name = {cfg.name!r}: not a built-in model ({', '.join(BUILTIN)}) "
-                         f"nor a local Hugging Face model directory")
+                         f"nor a local Hugging Face model directory (for a hub id, set HF_HUB_OFFLINE=0 "
+                         f"where the network allows)")
     return _load_dir(cfg.name, cfg.name)
 
 
