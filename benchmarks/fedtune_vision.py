@@ -12,13 +12,16 @@ each run's folder under DIR and skips runs that already finished, so an interrup
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import sys
 import time
 from pathlib import Path
 
 import fedft
 from fedft.config import load_config
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tables import write_tables  # noqa: E402
 
 
 def cells(args) -> list[tuple[str, str, list[str]]]:
@@ -79,18 +82,6 @@ def main() -> None:
                      "seconds": round(f["seconds"])})
     write_tables(out, rows)
     plot(out / "fedtune_vision.png", rows, args)
-
-
-def write_tables(out: Path, rows: list[dict]) -> None:
-    cols = list(rows[0])
-    with (out / "table.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, cols)
-        w.writeheader()
-        w.writerows(rows)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 def plot(path: Path, rows: list[dict], args) -> None:

@@ -9,14 +9,17 @@ Each run's own folder (results.json, curves.png) is kept under DIR.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import sys
 import time
 from pathlib import Path
 
 import fedft
 from fedft.config import load_config
 from fedft.methods import METHODS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tables import write_tables  # noqa: E402
 
 PARTITIONS = {"iid": ["data.partition=iid"], "dirichlet-0.5": ["data.partition=dirichlet", "data.alpha=0.5"]}
 
@@ -56,17 +59,7 @@ def main() -> None:
                 "MB_total": round(f["bytes_total"] / 1e6, 1), "accuracy": round(f["accuracy"], 4),
                 "lr": data["lr"], "rounds": rounds, "seconds": round(f["seconds"]),
             })
-    cols = list(rows[0])
-    with (out / "table.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, cols)
-        w.writeheader()
-        w.writerows(rows)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c]) for c in cols) + " |"
-              for r in rows]
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
+    write_tables(out, rows)
 
 if __name__ == "__main__":
     main()
