@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=56)
     ap.add_argument("--train-per-class", type=int, default=1000)
     ap.add_argument("--test-per-class", type=int, default=300)
+    ap.add_argument("--min-partition-size", type=int, default=1,
+                    help="Dirichlet(0.1) over 100 clients cannot promise the partitioner's usual 10 each")
     ap.add_argument("--methods", default="full,head,bias,lora,adapter,prompt")
     ap.add_argument("--baseline-methods", default="bias,lora")
     ap.add_argument("--fewshot-methods", default="head,bias,lora")
@@ -62,7 +64,8 @@ def main() -> None:
     common = [f"model.name=\"{args.model}\"", "data.name=\"fashion-mnist\"", f"data.num_clients={args.clients}",
               f"fl.clients_per_round={args.per_round}", f"fl.rounds={args.rounds}",
               f"data.image_size={args.image_size}", f"data.train_per_class={args.train_per_class}",
-              f"data.test_per_class={args.test_per_class}", *args.set]
+              f"data.test_per_class={args.test_per_class}",
+              f"data.min_partition_size={args.min_partition_size}", *args.set]
     rows = []
     for setting, method, overrides in cells(args):
         run_dir = out / f"{method}-{setting.replace(' ', '').replace('(', '-').replace(')', '')}"
