@@ -50,7 +50,6 @@ def test_fedadam_first_step_by_hand():
 
 
 def test_fedprox_term_holds_local_training_near_the_start(tiny):
-    import numpy as np
 
     from fedft.api import prepare
     from fedft.config import load_config

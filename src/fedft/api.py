@@ -18,7 +18,7 @@ from fedft.data import load_dataset, tokenize
 from fedft.data.partition import partition
 from fedft.errors import UsageError
 from fedft.fl import comm
-from fedft.fl.loop import MODES, Row, Setup
+from fedft.fl.loop import MODES, Setup
 from fedft.fl.strategies import STRATEGIES
 from fedft.methods import METHODS, Method, trainable_parameters
 from fedft.methods.base import count_parameters, freeze_unused

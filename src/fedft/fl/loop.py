@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
+import torch
 from torch import nn
 
 from fedft.config import FLConfig
@@ -106,8 +107,6 @@ def central(s: Setup) -> Iterator[Row]:
     pooled = np.concatenate(s.clients)
     per_round = max(1, round(len(pooled) * s.fl.clients_per_round / len(s.clients)))
     rng = np.random.default_rng(client_seed(s.fl.seed, 2))
-    import torch
-
     torch.manual_seed(client_seed(s.fl.seed, 3))
     opt = make_optimizer(s.params, s.train_config())
     for rnd in range(1, s.fl.rounds + 1):
