@@ -89,13 +89,12 @@ def to_examples(raw, backbone: Backbone, config: Config):
         raise UsageError(f"data.name = {config.data.name!r} is {article[kind]} data set but model.name = "
                          f"{config.model.name!r} is {article[backbone.modality]} model; use {' or '.join(sets)}")
     if kind == "text":
-        longest = config.model.max_length + (config.method.prompt_length if config.method.name == "prompt" else 0)
+        prompt = config.method.prompt_length if config.method.name == "prompt" else 0
         limit = getattr(backbone.model.config, "max_position_embeddings", None)
-        if limit is not None and longest > limit:
-            raise UsageError(f"model.max_length = {config.model.max_length}"
-                             + (f" + method.prompt_length = {config.method.prompt_length}"
-                                if config.method.name == "prompt" else "")
-                             + f": model {config.model.name!r} takes at most {limit} positions")
+        if limit is not None and config.model.max_length + prompt > limit:
+            added = f" + method.prompt_length = {prompt}" if prompt else ""
+            raise UsageError(f"model.max_length = {config.model.max_length}{added}: model {config.model.name!r} "
+                             f"takes at most {limit} positions")
         return tokenize(raw, backbone.tokenizer, config.model.max_length)
     size, patch = config.data.image_size, backbone.patch_size
     if size % patch or size < patch:

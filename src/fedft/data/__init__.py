@@ -83,3 +83,19 @@ def stratified_split(labels: np.ndarray, n_test: list[int], n_train: list[int], 
         train.append(idx[n_test[c]: n_test[c] + n_train[c]])
     train_idx, test_idx = np.concatenate(train), np.concatenate(test)
     return rng.permutation(train_idx), np.sort(test_idx)
+
+
+def split_capped(labels: np.ndarray, test_per_class: int, train_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: min(test_per_class, half) test examples, then at most train_per_class training examples."""
+    sizes = np.bincount(labels)
+    n_test = [min(test_per_class, int(s) // 2) for s in sizes]
+    n_train = [min(train_per_class, int(s) - t) for s, t in zip(sizes, n_test)]
+    return stratified_split(labels, n_test, n_train, seed=0)
+
+
+def split_fraction(labels: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per class: round(test_fraction * size) test examples (at least one), the rest for training."""
+    sizes = np.bincount(labels)
+    n_test = [max(1, int(round(s * test_fraction))) for s in sizes]
+    n_train = [int(s) - t for s, t in zip(sizes, n_test)]
+    return stratified_split(labels, n_test, n_train, seed=0)

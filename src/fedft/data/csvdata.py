@@ -10,7 +10,7 @@ from fedft.errors import UsageError
 
 
 def load(path_text: str, test_fraction: float):
-    from fedft.data import LabelledText, stratified_split
+    from fedft.data import LabelledText, split_fraction
 
     path = Path(path_text)
     key = f"data.name = 'csv:{path_text}'"
@@ -35,8 +35,6 @@ def load(path_text: str, test_fraction: float):
     if sizes.min() < 2:
         raise UsageError(f"{key}: label {classes[int(sizes.argmin())]!r} has {sizes.min()} example; "
                          f"every label needs at least 2 (one to train, one to test)")
-    n_test = [max(1, int(round(s * test_fraction))) for s in sizes]
-    n_train = [int(s) - t for s, t in zip(sizes, n_test)]
-    tr, te = stratified_split(labels, n_test, n_train, seed=0)
+    tr, te = split_fraction(labels, test_fraction)
     pick = lambda idx: LabelledText([texts[i] for i in idx], labels[idx], classes)  # noqa: E731
     return pick(tr), pick(te)

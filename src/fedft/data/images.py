@@ -93,15 +93,12 @@ def load_digits(cfg):
     """scikit-learn's 8x8 digits (1,797 images), a seeded stratified split."""
     from sklearn.datasets import load_digits as sk_digits
 
-    from fedft.data import stratified_split
+    from fedft.data import split_capped
 
     d = sk_digits()
     images = torch.from_numpy(np.round(d.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
     labels = d.target.astype(np.int64)
-    sizes = np.bincount(labels)
-    n_test = [min(cfg.test_per_class, int(s) // 2) for s in sizes]
-    n_train = [min(cfg.train_per_class, int(s) - t) for s, t in zip(sizes, n_test)]
-    tr, te = stratified_split(labels, n_test, n_train, seed=0)
+    tr, te = split_capped(labels, cfg.test_per_class, cfg.train_per_class)
     classes = [str(i) for i in range(10)]
     return LabelledImages(images[tr], labels[tr], classes), LabelledImages(images[te], labels[te], classes)
 
@@ -110,7 +107,7 @@ def load_image_folder(path_text: str, test_fraction: float):
     """imagefolder:PATH, one sub-folder per class. All images must share one size and one colour mode."""
     from PIL import Image, UnidentifiedImageError
 
-    from fedft.data import stratified_split
+    from fedft.data import split_fraction
 
     key = f"data.name = 'imagefolder:{path_text}'"
     root = Path(path_text)
@@ -147,8 +144,6 @@ def load_image_folder(path_text: str, test_fraction: float):
     stacked = np.stack(arrays)
     images = torch.from_numpy(stacked).unsqueeze(1) if mode == "L" else torch.from_numpy(stacked).permute(0, 3, 1, 2)
     labels_np = np.array(labels, dtype=np.int64)
-    n_test = [max(1, int(round(c * test_fraction))) for c in counts]
-    n_train = [int(c) - t for c, t in zip(counts, n_test)]
-    tr, te = stratified_split(labels_np, n_test, n_train, seed=0)
+    tr, te = split_fraction(labels_np, test_fraction)
     return (LabelledImages(images[tr].contiguous(), labels_np[tr], classes),
             LabelledImages(images[te].contiguous(), labels_np[te], classes))

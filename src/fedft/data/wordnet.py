@@ -36,7 +36,7 @@ def read_glosses(path: Path = DATA_NOUN) -> list[tuple[str, str]]:
 
 
 def load(cfg: DataConfig, path: Path = DATA_NOUN):
-    from fedft.data import LabelledText, stratified_split
+    from fedft.data import LabelledText, split_capped
 
     pairs = read_glosses(path)
     # Deduplicate: a gloss seen more than once is dropped if its copies disagree on the category, else kept once.
@@ -53,9 +53,6 @@ def load(cfg: DataConfig, path: Path = DATA_NOUN):
     kept = [(index[c], g) for c, g in unique if c in index]
     labels = np.array([c for c, _ in kept], dtype=np.int64)
     texts = [g for _, g in kept]
-    sizes = np.bincount(labels, minlength=len(classes))
-    n_test = [min(cfg.test_per_class, int(s) // 2) for s in sizes]
-    n_train = [min(cfg.train_per_class, int(s) - t) for s, t in zip(sizes, n_test)]
-    tr, te = stratified_split(labels, n_test, n_train, seed=0)
+    tr, te = split_capped(labels, cfg.test_per_class, cfg.train_per_class)
     pick = lambda idx: LabelledText([texts[i] for i in idx], labels[idx], classes)  # noqa: E731
     return pick(tr), pick(te)
