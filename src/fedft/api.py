@@ -131,7 +131,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                          else fl.clients_per_round)
     bar = _progress_bar(steps, progress)
     setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, fl, exp.lr, config.comm.dtype,
-                  strategy, tick=bar.update)
+                  strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model))
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
@@ -170,6 +170,16 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         bar.close()
         write_json(out / "results.json", _finite(record))
     return Result(record["config"], record["rounds"], final, out)
+
+
+def parallel_clients(fl, model: nn.Module) -> int:
+    """fl.parallel_clients, with 0 (auto) resolved: on a CPU batching clients gains nothing (the model is
+    compute-bound at a client's batch already; measured in benchmarks/engine.py), so 1; elsewhere every
+    sampled client at once."""
+    if fl.parallel_clients:
+        return fl.parallel_clients
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    return 1 if on_cpu else fl.clients_per_round
 
 
 def _check_out_dir(out_dir: str | Path | None) -> Path:

@@ -121,6 +121,10 @@ class FLConfig:
     seed: int = doc("seed for client sampling, partitioning, initialisation and local shuffling", default=0)
     eval_every: int = doc("evaluate the global model every this many rounds (and always after the last)",
                           default=2)
+    parallel_clients: int = doc("clients trained at once, in lockstep, as one batched computation over the shared "
+                                "model (cross-client batching); 1 = one after another; 0 = auto: 1 on a CPU, "
+                                "where batching was measured to gain nothing, else all sampled clients",
+                                default=0)
 
     def check(self) -> None:
         _choice("fl.mode", self.mode, ("federated", "local", "central"))
@@ -130,6 +134,7 @@ class FLConfig:
         _at_least("fl.batch_size", self.batch_size, 1)
         _at_least("fl.eval_every", self.eval_every, 1)
         _at_least("fl.seed", self.seed, 0)
+        _at_least("fl.parallel_clients", self.parallel_clients, 0)
         for key in ("lr", "weight_decay", "mu", "server_lr", "tau"):
             if getattr(self, key) < 0:
                 raise UsageError(f"fl.{key} = {getattr(self, key)}: must be >= 0")

@@ -14,8 +14,9 @@ from torch import nn
 
 from fedft.config import FLConfig
 from fedft.fl import comm
-from fedft.fl.client import (TrainConfig, client_seed, lengths_for, load_state, local_train, make_optimizer,
-                             read_state, shuffled_batches, train_batches)
+from fedft.fl.batched import train_batched
+from fedft.fl.client import (State, TrainConfig, Update, client_seed, lengths_for, load_state, local_train,
+                             make_optimizer, read_state, shuffled_batches, train_batches)
 from fedft.fl.evaluate import evaluate
 from fedft.fl.strategies import Strategy
 
@@ -45,6 +46,7 @@ class Setup:
     comm_dtype: str
     strategy: Strategy
     tick: Callable[[], None] = field(default=lambda: None)  # called after each client's local training
+    parallel_clients: int = 1  # clients trained at once (cross-client batching); 1 = one after another
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(self.fl.local_epochs, self.fl.batch_size, self.lr, self.fl.weight_decay,
@@ -52,6 +54,22 @@ class Setup:
 
     def eval_round(self, rnd: int) -> bool:
         return rnd % self.fl.eval_every == 0 or rnd == self.fl.rounds
+
+    def train_clients(self, starts: list[State], cids: list[int], rnd: int) -> list[Update]:
+        """Local training of clients `cids` from `starts`: one after another, or parallel_clients at a time
+        batched (the same updates up to float rounding)."""
+        cfg, k, updates = self.train_config(), max(self.parallel_clients, 1), []
+        for i in range(0, len(cids), k):
+            chunk, seeds = cids[i: i + k], [client_seed(self.fl.seed, rnd, c) for c in cids[i: i + k]]
+            if k == 1:
+                updates.append(local_train(self.model, self.params, starts[i], self.train, self.clients[chunk[0]],
+                                           cfg, seeds[0]))
+            else:
+                updates += train_batched(self.model, self.params, starts[i: i + k], self.train,
+                                         [self.clients[c] for c in chunk], cfg, seeds)
+            for _ in chunk:
+                self.tick()
+        return updates
 
 
 def federated(s: Setup) -> Iterator[Row]:
@@ -63,15 +81,11 @@ def federated(s: Setup) -> Iterator[Row]:
         sampled = sorted(sampler.choice(len(s.clients), s.fl.clients_per_round, replace=False).tolist())
         down = comm.encode(global_state, s.comm_dtype)
         start = comm.decode(down)  # what every sampled client receives
-        updates, bytes_up = [], 0
-        for cid in sampled:
-            update = local_train(s.model, s.params, start, s.train, s.clients[cid], s.train_config(),
-                                 client_seed(s.fl.seed, rnd, cid))
+        updates, bytes_up = s.train_clients([start] * len(sampled), sampled, rnd), 0
+        for update in updates:
             up = comm.encode(update.state, s.comm_dtype)
             bytes_up += len(up)
             update.state = comm.decode(up)  # the server sees exactly what was sent
-            updates.append(update)
-            s.tick()
         global_state = s.strategy.aggregate(start, updates)  # against what the clients started from
         load_state(s.params, global_state)
         acc, loss = evaluate(s.model, s.test) if s.eval_round(rnd) else (None, None)
@@ -86,15 +100,12 @@ def local_only(s: Setup) -> Iterator[Row]:
     states = [start] * len(s.clients)
     for rnd in range(1, s.fl.rounds + 1):
         t0 = time.perf_counter()
-        updates, scores = [], []
-        for cid, idx in enumerate(s.clients):
-            update = local_train(s.model, s.params, states[cid], s.train, idx, s.train_config(),
-                                 client_seed(s.fl.seed, rnd, cid))
-            states[cid] = update.state
-            updates.append(update)
-            if s.eval_round(rnd):
-                scores.append(evaluate(s.model, s.test))
-            s.tick()
+        updates = s.train_clients(states, list(range(len(s.clients))), rnd)
+        states = [u.state for u in updates]
+        scores = []
+        for state in states if s.eval_round(rnd) else []:
+            load_state(s.params, state)
+            scores.append(evaluate(s.model, s.test))
         acc, loss = (float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))) \
             if scores else (None, None)
         yield Row(rnd, acc, loss, _mean_loss(updates), 0, 0, list(range(len(s.clients))),

@@ -150,6 +150,7 @@ class Classifier(nn.Module):
             backbone.config, "patch_size") else "image"
         self.pooling = _auto_pooling(backbone) if pooling == "auto" else pooling
         self.prompt: nn.Module | None = None
+        self.expand_mask = False  # hand the backbone a 4-D attention mask (set while clients train under vmap)
         if self.pooling != "pooler" and getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # BERT/ViT pooler: unused by mean/cls pooling, so neither trained nor counted
         dim = getattr(backbone, "feature_dim", None) if self.pooling == "pooler" else None
@@ -164,12 +165,12 @@ class Classifier(nn.Module):
             out = self.backbone(pixel_values=pixel_values, **extra)
             hidden, mask = out.last_hidden_state[:, 1:], None  # patch (and prompt) tokens
         elif self.prompt is None:  # input_ids, attention_mask: (B, T)
-            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+            out = self.backbone(input_ids=input_ids, attention_mask=self._backbone_mask(attention_mask))
             hidden, mask = out.last_hidden_state, attention_mask
         else:
             embeds = self.backbone.get_input_embeddings()(input_ids)  # (B, T, H)
             embeds, mask = self.prompt(embeds, attention_mask)  # (B, P+T, H), (B, P+T)
-            out = self.backbone(inputs_embeds=embeds, attention_mask=mask)
+            out = self.backbone(inputs_embeds=embeds, attention_mask=self._backbone_mask(mask))
             hidden = out.last_hidden_state
         if self.pooling == "pooler":
             pooled = out.pooler_output
@@ -181,6 +182,18 @@ class Classifier(nn.Module):
             m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
         return self.head(pooled)
+
+
+    def _backbone_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T) padding mask -> as given, or (with expand_mask) the (B, 1, 1, T) mask transformers would build:
+        boolean for SDPA attention, additive for eager."""
+        if not self.expand_mask or mask is None:
+            return mask
+        keep = mask[:, None, None, :].bool()
+        if self.backbone.config._attn_implementation == "sdpa":
+            return keep
+        dtype = self.backbone.get_input_embeddings().weight.dtype
+        return torch.zeros(keep.shape, dtype=dtype, device=mask.device).masked_fill(~keep, torch.finfo(dtype).min)
 
 
 def _auto_pooling(backbone: nn.Module) -> str:
