@@ -85,11 +85,12 @@ def test_adamw_matches_torch():
     torch.testing.assert_close(p["w"][0], ref.detach())
 
 
-def test_run_with_parallel_clients_matches_sequential(tiny, tmp_path):
+@pytest.mark.parametrize("method", ["bias", "head"])  # head: batched over cached features
+def test_run_with_parallel_clients_matches_sequential(tiny, tmp_path, method):
     """The whole federated loop: fl.parallel_clients batches the sampled clients (ViT: no dropout)."""
     from fedft.api import run
 
-    image = {**MODELS["tiny-vit"], "model.name": "tiny-vit", "method.name": "bias", "fl.rounds": 2}
+    image = {**MODELS["tiny-vit"], "model.name": "tiny-vit", "method.name": method, "fl.rounds": 2}
     seq = run(load_config(None, tiny(**image, **{"fl.parallel_clients": 1})), tmp_path / "seq")
     par = run(load_config(None, tiny(**image, **{"fl.parallel_clients": 2})), tmp_path / "par")
     assert [r["clients"] for r in seq.rounds] == [r["clients"] for r in par.rounds]

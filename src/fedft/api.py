@@ -130,14 +130,15 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     steps = fl.rounds * (len(exp.clients) if fl.mode == "local" else 1 if fl.mode == "central"
                          else fl.clients_per_round)
     bar = _progress_bar(steps, progress)
-    setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, fl, exp.lr, config.comm.dtype,
+    train, test, cache = _feature_cache(exp, log)
+    setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model))
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
-        "client_sizes": [len(c) for c in exp.clients], "rounds": [], "final": None,
+        "client_sizes": [len(c) for c in exp.clients], "feature_cache": cache, "rounds": [], "final": None,
     }
     final = {"trainable_params": trainable, "total_params": count_parameters(exp.model),
              "payload_bytes": payload}
@@ -170,6 +171,21 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         bar.close()
         write_json(out / "results.json", _finite(record))
     return Result(record["config"], record["rounds"], final, out)
+
+
+def _feature_cache(exp: Experiment, log) -> tuple[object, object, dict | None]:
+    """(train, test) as cached frozen features where only the head trains and the cache fits fl.cache_mb;
+    and what results.json says about it."""
+    from fedft.fl.cache import FeatureCache, cacheable, feature_bytes
+
+    fl = exp.config.fl
+    if not (fl.feature_cache and cacheable(exp.model)):
+        return exp.train, exp.test, None
+    need = feature_bytes(exp.model, len(exp.train) + len(exp.test))
+    if need > fl.cache_mb * 2 ** 20:
+        (log or (lambda line: None))(f"feature cache off: {need / 2 ** 20:.0f} MiB > fl.cache_mb = {fl.cache_mb}")
+        return exp.train, exp.test, {"enabled": False, "bytes": need}
+    return FeatureCache(exp.model, exp.train), FeatureCache(exp.model, exp.test), {"enabled": True, "bytes": need}
 
 
 def parallel_clients(fl, model: nn.Module) -> int:

@@ -125,6 +125,9 @@ class FLConfig:
                                 "model (cross-client batching); 1 = one after another; 0 = auto: 1 on a CPU, "
                                 "where batching was measured to gain nothing, else all sampled clients",
                                 default=0)
+    feature_cache: bool = doc("where only the head trains (method head), compute the frozen backbone's features "
+                              "once and reuse them in later rounds and evaluation", default=True)
+    cache_mb: int = doc("largest feature cache (train + test) in MiB; a bigger one is not built", default=4096)
 
     def check(self) -> None:
         _choice("fl.mode", self.mode, ("federated", "local", "central"))
@@ -135,6 +138,7 @@ class FLConfig:
         _at_least("fl.eval_every", self.eval_every, 1)
         _at_least("fl.seed", self.seed, 0)
         _at_least("fl.parallel_clients", self.parallel_clients, 0)
+        _at_least("fl.cache_mb", self.cache_mb, 0)
         for key in ("lr", "weight_decay", "mu", "server_lr", "tau"):
             if getattr(self, key) < 0:
                 raise UsageError(f"fl.{key} = {getattr(self, key)}: must be >= 0")

@@ -159,7 +159,15 @@ class Classifier(nn.Module):
             self.head = nn.Linear(dim or backbone.config.hidden_size, num_classes)
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+                pixel_values: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits; `features` (the pooled vectors, e.g. from a cache) skips the backbone."""
+        if features is None:
+            features = self.features(input_ids, attention_mask, pixel_values)
+        return self.head(features)
+
+    def features(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 pixel_values: torch.Tensor | None = None) -> torch.Tensor:
+        """The pooled vector the head reads: (B, D)."""
         if pixel_values is not None:  # (B, C, S, S)
             extra = {"interpolate_pos_encoding": True} if self.backbone.config.model_type == "vit" else {}
             out = self.backbone(pixel_values=pixel_values, **extra)
@@ -173,16 +181,21 @@ class Classifier(nn.Module):
             out = self.backbone(inputs_embeds=embeds, attention_mask=self._backbone_mask(mask))
             hidden = out.last_hidden_state
         if self.pooling == "pooler":
-            pooled = out.pooler_output
-        elif self.pooling == "cls":
-            pooled = out.last_hidden_state[:, 0]
-        elif mask is None:
-            pooled = hidden.mean(1)
-        else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-        return self.head(pooled)
+            return out.pooler_output
+        if self.pooling == "cls":
+            return out.last_hidden_state[:, 0]
+        if mask is None:
+            return hidden.mean(1)
+        m = mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
 
+    def train(self, mode: bool = True) -> "Classifier":
+        """A backbone with nothing trainable in or fed into it is a fixed feature extractor: it stays in eval
+        mode (no dropout), as in linear probing, so its features can be cached."""
+        super().train(mode)
+        if self.prompt is None and not any(p.requires_grad for p in self.backbone.parameters()):
+            self.backbone.eval()
+        return self
 
     def _backbone_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
         """(B, T) padding mask -> as given, or (with expand_mask) the (B, 1, 1, T) mask transformers would build:
