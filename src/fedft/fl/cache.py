@@ -35,8 +35,10 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.data)
 
-    def lengths(self) -> np.ndarray:
-        return self.data.lengths()
+    @property
+    def lengths(self):
+        """The wrapped examples' lengths() (text), so training groups the same batches; images have none."""
+        return self.data.lengths
 
     @property
     def labels(self) -> torch.Tensor:
