@@ -1,0 +1,164 @@
+"""How fast fedft trains clients, against the naive way and against the device's limit.
+
+    .venv/bin/python benchmarks/engine.py                       # minilm, default text task, CPU
+    .venv/bin/python benchmarks/engine.py --workload vit-b      # ViT-B/16 (random weights), 224 px, 100
+                                                                #   clients x 256 images, batch 16: for a GPU
+
+One federated round's local training (the clients sampled in round 1, from the same start), timed
+several ways in this one process, for each method in --methods:
+  engine   fedft's engine as `fedft run` uses it (fl.parallel_clients = auto)
+  batched  fedft's cross-client batching with every sampled client in one computation
+  naive    clients one after another, each on a deep copy of the model, uniformly random batches
+           padded per batch (as a Hugging Face DataLoader with DataCollatorWithPadding gives), batch = client batch
+  flower   Flower's simulation engine with Hugging Face PEFT: needs flwr (not a dependency yet); skipped without it
+  limit    the same model and method trained centrally on the same examples at --limit-batch
+and, for --head-cache, `fedft run` with method head with the feature cache on and off (seconds per round
+after the first). Prints examples/s and the ratios; the last line is `engine/naive=<x> engine/limit=<y>`
+(the lowest over the methods).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import importlib.util
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import fedft
+from fedft.api import parallel_clients, prepare
+from fedft.config import load_config
+from fedft.fl.client import TrainConfig, load_state, make_optimizer, read_state, shuffled_batches, train_batches
+from fedft.fl.loop import Setup
+from fedft.fl.strategies import STRATEGIES
+from fedft.methods import trainable_parameters
+
+
+def workload(name: str, method: str, extra: list[str], model_dir: str | None) -> list[str]:
+    if name == "text":
+        return [f'method.name="{method}"', *extra]
+    return [f'model.name="{model_dir}"', 'data.name="fashion-mnist"', "data.image_size=224",
+            "data.partition=iid", "data.num_clients=100", "data.train_per_class=2560", "data.test_per_class=10",
+            "fl.batch_size=16", f'method.name="{method}"', *extra]
+
+
+def vit_b_dir() -> str:
+    """A ViT-B/16 (transformers' ViTConfig defaults: 224 px, 12 layers, hidden 768) with random weights."""
+    from transformers import ViTConfig, ViTModel
+
+    path = Path(tempfile.mkdtemp(prefix="fedft-vit-b-"))
+    ViTModel(ViTConfig(), add_pooling_layer=False).save_pretrained(path)
+    return str(path)
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def naive_round(exp, start, clients: list[np.ndarray], cfg: TrainConfig, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for idx in clients:
+        model = copy.deepcopy(exp.model)  # each client gets its own copy, as a simulation usually does
+        params = trainable_parameters(model)
+        load_state(params, start)
+        opt = make_optimizer(params, cfg)
+        train_batches(model, params, exp.train, shuffled_batches(idx, cfg.batch_size, cfg.epochs, rng), opt)
+        read_state(params)
+        del model
+
+
+def limit_round(exp, start, pooled: np.ndarray, cfg: TrainConfig, batch: int, seed: int) -> None:
+    load_state(exp.params, start)
+    lengths = exp.train.lengths() if hasattr(exp.train, "lengths") else None
+    batches = shuffled_batches(pooled, batch, cfg.epochs, np.random.default_rng(seed), lengths)
+    train_batches(exp.model, exp.params, exp.train, batches, make_optimizer(exp.params, cfg))
+
+
+def measure(args, method: str, model_dir: str | None) -> dict:
+    config = load_config(None, workload(args.workload, method, args.set, model_dir))
+    exp = prepare(config)
+    device = torch.device(args.device)
+    exp.model.to(device)
+    fl = config.fl
+    setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, fl, exp.lr, config.comm.dtype,
+                  STRATEGIES.get(fl.strategy, "fl.strategy")(fl), parallel_clients=parallel_clients(fl, exp.model))
+    sampled = sorted(np.random.default_rng(0).choice(len(exp.clients), fl.clients_per_round, replace=False).tolist())
+    clients = [exp.clients[c] for c in sampled]
+    n = sum(len(c) * fl.local_epochs for c in clients)
+    start = read_state(exp.params)
+    cfg = setup.train_config()
+    ways = {
+        "engine": lambda: setup.train_clients([start] * len(sampled), sampled, 1),
+        "batched": lambda: dataclasses.replace(setup, parallel_clients=len(sampled)).train_clients(
+            [start] * len(sampled), sampled, 1),
+        "naive": lambda: naive_round(exp, start, clients, cfg, 1),
+        "limit": lambda: limit_round(exp, start, np.concatenate(clients), cfg, args.limit_batch, 1),
+    }
+    if setup.parallel_clients == len(sampled):
+        ways.pop("batched")  # the engine already is
+    out = {"method": method, "examples": n, "parallel_clients": setup.parallel_clients}
+    for way, fn in ways.items():
+        if args.warmup:
+            fn()
+        out[way] = n / timed(fn)
+        print(f"  {method:6s} {way:8s} {out[way]:8.1f} examples/s", flush=True)
+    out["flower"] = None
+    if importlib.util.find_spec("flwr") is None:
+        print(f"  {method:6s} flower   skipped: flwr is not installed", flush=True)
+    return out
+
+
+def head_cache(args, model_dir: str | None) -> dict:
+    """Seconds per round of `fedft run` with method head, feature cache on and off (evaluation only at the end)."""
+    out = {}
+    for on in (True, False):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(None, workload(args.workload, "head", args.set, model_dir) + [
+                "fl.rounds=3", "fl.eval_every=100", f"fl.feature_cache={str(on).lower()}"])
+            res = fedft.run(cfg, Path(tmp) / "run")
+            secs = [r["seconds"] for r in res.rounds]
+            out["on" if on else "off"] = secs
+            print(f"  head cache {'on ' if on else 'off'}  seconds per round {[round(s, 2) for s in secs]} "
+                  f"(round 3 includes the final evaluation)", flush=True)
+    out["speedup_round2"] = out["off"][1] / out["on"][1]
+    print(f"  head cache: round 2 {out['speedup_round2']:.1f}x faster with the cache", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=("text", "vit-b"), default="text")
+    ap.add_argument("--methods", default="lora,bias")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--limit-batch", type=int, default=128)
+    ap.add_argument("--warmup", action="store_true", help="run each way once untimed first")
+    ap.add_argument("--no-head-cache", dest="head_cache", action="store_false")
+    ap.add_argument("--set", action="append", default=[], help="section.key=value, for every run")
+    ap.add_argument("--out", default="benchmarks/out/engine.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model_dir = vit_b_dir() if args.workload == "vit-b" else None
+    print(f"workload {args.workload} on {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}",
+          flush=True)
+    results = [measure(args, m, model_dir) for m in args.methods.split(",")]
+    for r in results:
+        r["engine/naive"], r["engine/limit"] = r["engine"] / r["naive"], r["engine"] / r["limit"]
+        extra = f"  batched/naive={r['batched'] / r['naive']:.2f}" if "batched" in r else ""
+        print(f"{r['method']}: engine/naive={r['engine/naive']:.2f} engine/limit={r['engine/limit']:.2f}{extra}")
+    cache = head_cache(args, model_dir) if args.head_cache else None
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"workload": args.workload, "device": args.device, "methods": results,
+                                          "head_cache": cache}, indent=2))
+    print(f"engine/naive={min(r['engine/naive'] for r in results):.2f} "
+          f"engine/limit={min(r['engine/limit'] for r in results):.2f}")
+
+
+if __name__ == "__main__":
+    main()
