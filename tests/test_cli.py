@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from fedft.cli import main
 
@@ -29,7 +30,12 @@ BAD = [
     (["method.name=prompt", "method.prompt_length=100"],
      "model.max_length = 48 + method.prompt_length = 100: model 'tiny-bert' takes at most 128"),
     (["data.partition=dirichlet", "data.min_partition_size=100"], "lower data.min_partition_size (100)"),
+    (["fl.device=gpu"], "fl.device = 'gpu': use auto, cpu, cuda or cuda:N"),
+    (["fl.precision=fp16"], "fl.precision = 'fp16': "),
+    (["fl.parallel_clients=-1"], "fl.parallel_clients = -1: must be >= 0"),
 ]
+if not torch.cuda.is_available():
+    BAD.append((["fl.device=cuda"], "fl.device = 'cuda': this machine has no CUDA device; use auto or cpu"))
 
 
 @pytest.mark.parametrize("override, message", BAD)

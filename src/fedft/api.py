@@ -113,8 +113,10 @@ def prepare(config: Config) -> Experiment:
     train = to_examples(train_raw, backbone, config)
     test = to_examples(test_raw, backbone, config)
     freeze_unused(model, test.batch([0, len(test) - 1])[0])
-    return Experiment(config, model, method, trainable_parameters(model), train, test, train_raw.classes,
-                      clients, backbone.source)
+    device = resolve_device(config.fl.device)
+    model.to(device)
+    return Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
+                      train_raw.classes, clients, backbone.source)
 
 
 def run(config: Config, out_dir: str | Path | None = None, progress: bool = False,
@@ -132,7 +134,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     bar = _progress_bar(steps, progress)
     train, test, cache = _feature_cache(exp, log)
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
-                  strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model))
+                  strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
+                  precision=precision(fl, exp.model))
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
@@ -186,6 +189,24 @@ def _feature_cache(exp: Experiment, log) -> tuple[object, object, dict | None]:
         (log or (lambda line: None))(f"feature cache off: {need / 2 ** 20:.0f} MiB > fl.cache_mb = {fl.cache_mb}")
         return exp.train, exp.test, {"enabled": False, "bytes": need}
     return FeatureCache(exp.model, exp.train), FeatureCache(exp.model, exp.test), {"enabled": True, "bytes": need}
+
+
+def resolve_device(name: str) -> torch.device:
+    """fl.device -> a device that exists here (auto: the first CUDA GPU when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise UsageError(f"fl.device = {name!r}: this machine has {have}; use auto or cpu")
+    return device
+
+
+def precision(fl, model: nn.Module) -> str:
+    """fl.precision with auto resolved: bf16 autocast on a GPU; fp32 on a CPU (bf16 was measured slower there)."""
+    if fl.precision != "auto":
+        return fl.precision
+    return "fp32" if next(model.parameters()).device.type == "cpu" else "bf16"
 
 
 def parallel_clients(fl, model: nn.Module) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import tomllib
 import types
 import typing
@@ -125,6 +126,10 @@ class FLConfig:
                                 "model (cross-client batching); 1 = one after another; 0 = auto: 1 on a CPU, "
                                 "where batching was measured to gain nothing, else all sampled clients",
                                 default=0)
+    device: str = doc("where to train: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda | cuda:N",
+                      default="auto")
+    precision: str = doc("auto (bf16 autocast on a GPU, fp32 on a CPU, where bf16 was measured slower) | fp32 | bf16",
+                         default="auto")
     feature_cache: bool = doc("where only the head trains (method head), compute the frozen backbone's features "
                               "once and reuse them in later rounds and evaluation", default=True)
     cache_mb: int = doc("largest feature cache (train + test) in MiB; a bigger one is not built", default=4096)
@@ -139,6 +144,9 @@ class FLConfig:
         _at_least("fl.seed", self.seed, 0)
         _at_least("fl.parallel_clients", self.parallel_clients, 0)
         _at_least("fl.cache_mb", self.cache_mb, 0)
+        _choice("fl.precision", self.precision, ("auto", "fp32", "bf16"))
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise UsageError(f"fl.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
         for key in ("lr", "weight_decay", "mu", "server_lr", "tau"):
             if getattr(self, key) < 0:
                 raise UsageError(f"fl.{key} = {getattr(self, key)}: must be >= 0")

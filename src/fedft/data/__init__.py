@@ -29,19 +29,31 @@ class TextExamples:
         return len(self.input_ids)
 
     def batch(self, idx: np.ndarray | list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        seqs = [self.input_ids[i] for i in idx]
-        longest = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, : len(s)] = s
-            mask[row, : len(s)] = 1
-        return {"input_ids": ids, "attention_mask": mask}, self.labels[list(idx)]
+        """Rows `idx`, padded to the longest of them, on the examples' device."""
+        idx = np.asarray(idx, dtype=np.int64)
+        longest = int(self.lengths()[idx].max())
+        rows = torch.as_tensor(idx, device=self._padded().device)
+        ids = self._padded()[rows, :longest]
+        mask = (torch.arange(longest, device=ids.device) < self._lengths_t[rows, None]).long()
+        return {"input_ids": ids, "attention_mask": mask}, self.labels[rows]
 
     def lengths(self) -> np.ndarray:
         if getattr(self, "_lengths", None) is None:
             self._lengths = np.array([len(s) for s in self.input_ids])
         return self._lengths
+
+    def to(self, device: torch.device) -> "TextExamples":
+        """The same examples with their tensors on `device`, so batches are cut there (no copy per batch)."""
+        out = TextExamples(self.input_ids, self.labels.to(device), self.pad_id)
+        out._pad, out._lengths_t = self._padded().to(device), self._lengths_t.to(device)
+        return out
+
+    def _padded(self) -> torch.Tensor:
+        """(N, longest) token ids, padded with pad_id; built once."""
+        if getattr(self, "_pad", None) is None:
+            self._pad = torch.nn.utils.rnn.pad_sequence(self.input_ids, batch_first=True, padding_value=self.pad_id)
+            self._lengths_t = torch.as_tensor(self.lengths())
+        return self._pad
 
 
 def tokenize(data: LabelledText, tokenizer, max_length: int) -> TextExamples:

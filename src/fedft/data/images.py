@@ -40,8 +40,13 @@ class ImageExamples:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device: torch.device) -> "ImageExamples":
+        """The same examples on `device`: batches are cut, resized and normalised there."""
+        return ImageExamples(self.images.to(device), self.labels.to(device), self.size, self.mean.to(device),
+                             self.std.to(device), self.channels)
+
     def batch(self, idx) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.images.device)
         x = self.images[idx].float() / 255.0  # (B, C, H, W)
         if x.shape[1] == 1 and self.channels == 3:
             x = x.expand(-1, 3, -1, -1)

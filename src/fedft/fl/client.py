@@ -18,6 +18,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2
     group_by_length: bool = False  # batch examples of similar length together
+    precision: str = "fp32"  # or "bf16": autocast the forward pass
 
 
 @dataclass
@@ -47,14 +48,23 @@ def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.o
     return torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast of the forward pass where asked; a no-op for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batches: list[np.ndarray],
-                  opt: torch.optim.Optimizer, prox: tuple[float, State] | None = None) -> float:
+                  opt: torch.optim.Optimizer, prox: tuple[float, State] | None = None, precision: str = "fp32"
+                  ) -> float:
     """One optimizer step per batch of indices; returns the mean training loss."""
     model.train()
-    total = 0.0
+    device = next(iter(params.values())).device
+    total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
     for idx in batches:
         inputs, labels = data.batch(idx)
-        loss = nn.functional.cross_entropy(model(**inputs), labels)
+        with autocast(device, precision):
+            logits = model(**inputs)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
         objective = loss
         if prox is not None and prox[0] > 0:
             mu, anchor = prox
@@ -62,8 +72,8 @@ def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batch
         opt.zero_grad(set_to_none=True)
         objective.backward()
         opt.step()
-        total += loss.item()
-    return total / max(len(batches), 1)
+        total += loss.detach()
+    return float(total) / max(len(batches), 1)
 
 
 def shuffled_batches(indices: np.ndarray, batch_size: int, epochs: int, rng: np.random.Generator,
@@ -98,5 +108,5 @@ def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State,
     opt = make_optimizer(params, cfg)
     prox = (cfg.prox_mu, start) if cfg.prox_mu > 0 else None
     batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg))
-    loss = train_batches(model, params, data, batches, opt, prox)
+    loss = train_batches(model, params, data, batches, opt, prox, cfg.precision)
     return Update(read_state(params), len(indices), {"loss": loss})

@@ -13,7 +13,7 @@ State = dict[str, torch.Tensor]
 
 
 def encode(state: State, dtype: str) -> bytes:
-    return save({k: v.detach().to(DTYPES[dtype]).contiguous() for k, v in state.items()})
+    return save({k: v.detach().to("cpu", DTYPES[dtype]).contiguous() for k, v in state.items()})
 
 
 def decode(payload: bytes) -> State:

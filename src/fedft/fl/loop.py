@@ -47,10 +47,14 @@ class Setup:
     strategy: Strategy
     tick: Callable[[], None] = field(default=lambda: None)  # called after each client's local training
     parallel_clients: int = 1  # clients trained at once (cross-client batching); 1 = one after another
+    precision: str = "fp32"  # "bf16": autocast forward passes
+
+    def evaluate(self) -> tuple[float, float]:
+        return evaluate(self.model, self.test, precision=self.precision)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(self.fl.local_epochs, self.fl.batch_size, self.lr, self.fl.weight_decay,
-                           self.strategy.prox_mu(), self.fl.group_by_length)
+                           self.strategy.prox_mu(), self.fl.group_by_length, self.precision)
 
     def eval_round(self, rnd: int) -> bool:
         return rnd % self.fl.eval_every == 0 or rnd == self.fl.rounds
@@ -59,16 +63,23 @@ class Setup:
         """Local training of clients `cids` from `starts`: one after another, or parallel_clients at a time
         batched (the same updates up to float rounding)."""
         cfg, k, updates = self.train_config(), max(self.parallel_clients, 1), []
-        for i in range(0, len(cids), k):
+        i = 0
+        while i < len(cids):
             chunk, seeds = cids[i: i + k], [client_seed(self.fl.seed, rnd, c) for c in cids[i: i + k]]
             if k == 1:
                 updates.append(local_train(self.model, self.params, starts[i], self.train, self.clients[chunk[0]],
                                            cfg, seeds[0]))
             else:
-                updates += train_batched(self.model, self.params, starts[i: i + k], self.train,
-                                         [self.clients[c] for c in chunk], cfg, seeds)
+                try:
+                    updates += train_batched(self.model, self.params, starts[i: i + k], self.train,
+                                             [self.clients[c] for c in chunk], cfg, seeds)
+                except torch.OutOfMemoryError:  # too many at once for the device: halve and redo this chunk
+                    torch.cuda.empty_cache()
+                    k = self.parallel_clients = k // 2
+                    continue
             for _ in chunk:
                 self.tick()
+            i += len(chunk)
         return updates
 
 
@@ -88,7 +99,7 @@ def federated(s: Setup) -> Iterator[Row]:
             update.state = comm.decode(up)  # the server sees exactly what was sent
         global_state = s.strategy.aggregate(start, updates)  # against what the clients started from
         load_state(s.params, global_state)
-        acc, loss = evaluate(s.model, s.test) if s.eval_round(rnd) else (None, None)
+        acc, loss = s.evaluate() if s.eval_round(rnd) else (None, None)
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, len(down) * len(sampled), sampled,
                   time.perf_counter() - t0)
 
@@ -105,7 +116,7 @@ def local_only(s: Setup) -> Iterator[Row]:
         scores = []
         for state in states if s.eval_round(rnd) else []:
             load_state(s.params, state)
-            scores.append(evaluate(s.model, s.test))
+            scores.append(s.evaluate())
         acc, loss = (float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))) \
             if scores else (None, None)
         yield Row(rnd, acc, loss, _mean_loss(updates), 0, 0, list(range(len(s.clients))),
@@ -125,9 +136,9 @@ def central(s: Setup) -> Iterator[Row]:
         subset = rng.choice(pooled, per_round, replace=False)
         loss = train_batches(s.model, s.params, s.train,
                              shuffled_batches(subset, s.fl.batch_size, s.fl.local_epochs, rng,
-                                              lengths_for(s.train, s.train_config())), opt)
+                                              lengths_for(s.train, s.train_config())), opt, precision=s.precision)
         s.tick()
-        acc, eloss = evaluate(s.model, s.test) if s.eval_round(rnd) else (None, None)
+        acc, eloss = s.evaluate() if s.eval_round(rnd) else (None, None)
         yield Row(rnd, acc, eloss, loss, 0, 0, [], time.perf_counter() - t0)
 
 
