@@ -93,7 +93,7 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
         return objective, ce
 
     step_fn = vmap(grad(client_loss, has_aux=True), randomness="different")
-    losses = [[] for _ in clients]
+    loss_sum = torch.zeros(k_all, dtype=torch.float64, device=device)  # per client, summed on the device
     was_training = model.training
     model.train()
     if seeds:
@@ -118,12 +118,12 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
                     for full, part in ((stack, p), (m, mm), (v, vv)):
                         for n in names:
                             full[n] = full[n].index_copy(0, sel, part[n])
-                for c, value in zip(active, ce.tolist()):
-                    losses[c].append(value)
+                loss_sum.index_add_(0, sel, ce.detach().double())
     finally:
         model.train(was_training)
+    mean_loss = (loss_sum.cpu() / torch.tensor([max(len(p), 1) for p in plans])).tolist()
     return [Update({n: stack[n][c].detach().clone() for n in names} if len(idx) else dict(starts[c]), len(idx),
-                   {"loss": float(np.mean(losses[c])) if losses[c] else float("nan")})
+                   {"loss": mean_loss[c] if plans[c] else float("nan")})
             for c, idx in enumerate(clients)]
 
 
