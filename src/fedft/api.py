@@ -18,6 +18,7 @@ from fedft.data import load_dataset, tokenize
 from fedft.data.partition import partition
 from fedft.errors import UsageError
 from fedft.fl import comm
+from fedft.fl.client import client_seed
 from fedft.fl.loop import MODES, Setup
 from fedft.fl.strategies import STRATEGIES
 from fedft.methods import METHODS, Method, trainable_parameters
@@ -126,6 +127,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     its finished rounds."""
     out = _check_out_dir(out_dir)
     exp = prepare(config)
+    dp = client_dp(config)  # calibrating the noise may fail: before anything is written
     out.mkdir(parents=True, exist_ok=True)
     strategy = STRATEGIES.get(config.fl.strategy, "fl.strategy")(config.fl)
     fl = config.fl
@@ -135,13 +137,17 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     train, test, cache = _feature_cache(exp, log)
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
-                  precision=precision(fl, exp.model))
+                  precision=precision(fl, exp.model), dp=dp)
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
         "client_sizes": [len(c) for c in exp.clients], "feature_cache": cache, "rounds": [], "final": None,
+        "dp": None if dp is None else {"mode": "client", "noise_multiplier": dp.noise_multiplier,
+                                       "update_noise_multiplier": dp.update_noise, "sample_rate": dp.sample_rate,
+                                       "delta": config.dp.delta,
+                                       "planned_epsilon": dp.epsilon(fl.rounds)},
     }
     final = {"trainable_params": trainable, "total_params": count_parameters(exp.model),
              "payload_bytes": payload}
@@ -152,6 +158,11 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
             record["rounds"].append(r)
             sent += row.bytes_up + row.bytes_down
             test = "" if row.accuracy is None else f"  test accuracy {row.accuracy:.4f}  test loss {row.loss:.4f}"
+            if row.returned < row.sampled and fl.mode == "federated":
+                test += f"  returned {row.returned}/{row.sampled}" + ("" if row.aggregated else
+                                                                      " (< fl.min_clients: model kept)")
+            if row.epsilon is not None:
+                test += f"  epsilon {row.epsilon:.3g}"
             (log or (lambda line: None))(f"round {row.round:>3}/{fl.rounds}  train loss {row.train_loss:.4f}{test}"
                                          f"  sent {sent / 1e6:.2f} MB  {row.seconds:.1f} s")
             write_json(out / "results.json", _finite(record))
@@ -161,6 +172,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                      bytes_up=sum(r["bytes_up"] for r in record["rounds"]),
                      bytes_down=sum(r["bytes_down"] for r in record["rounds"]),
                      seconds=time.perf_counter() - started)
+        if dp is not None:
+            final["epsilon"] = record["rounds"][-1]["epsilon"]
         record["final"] = final
         meta = {"model": config.model.name, "model_source": exp.model_source, "classes": exp.classes,
                 "pooling": config.model.pooling, "image_size": config.data.image_size}
@@ -189,6 +202,19 @@ def _feature_cache(exp: Experiment, log) -> tuple[object, object, dict | None]:
         (log or (lambda line: None))(f"feature cache off: {need / 2 ** 20:.0f} MiB > fl.cache_mb = {fl.cache_mb}")
         return exp.train, exp.test, {"enabled": False, "bytes": need}
     return FeatureCache(exp.model, exp.train), FeatureCache(exp.model, exp.test), {"enabled": True, "bytes": need}
+
+
+def client_dp(config: Config):
+    """The server's DP-FedAvg for dp.mode = client (noise calibrated to dp.target_epsilon if set), else None."""
+    from fedft.fl.privacy import ClientDP, calibrate
+
+    if config.dp.mode != "client":
+        return None
+    fl = config.fl
+    rate = fl.clients_per_round / config.data.num_clients
+    z = calibrate(config.dp.target_epsilon, config.dp.delta, rate, fl.rounds) if config.dp.target_epsilon \
+        else config.dp.noise_multiplier
+    return ClientDP(config.dp, fl.clients_per_round, rate, z, client_seed(fl.seed, 6))
 
 
 def resolve_device(name: str) -> torch.device:

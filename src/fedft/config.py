@@ -87,6 +87,8 @@ class MethodConfig:
                      default=False)
     head_init: str = doc("classifier start: random | text (CLIP only: the class names' normalised text embeddings)",
                          default="random")
+    ffa: bool = doc("lora: FFA-LoRA, train only B and keep A frozen at its random init (holds up better under DP)",
+                    default=False)
 
     def check(self) -> None:
         _at_least("method.rank", self.rank, 1)
@@ -130,6 +132,15 @@ class FLConfig:
                       default="auto")
     precision: str = doc("auto (bf16 autocast on a GPU, fp32 on a CPU, where bf16 was measured slower) | fp32 | bf16",
                          default="auto")
+    dropout: float = doc("probability that a sampled client fails to return its update (seeded, per round)",
+                         default=0.0)
+    stragglers: float = doc("probability that a sampled client is slow this round (fl.straggler_slowdown times "
+                            "slower per step)", default=0.0)
+    straggler_slowdown: float = doc("how many times longer a straggler takes per local step", default=4.0)
+    deadline: float = doc("round deadline in simulated time, counted in local steps of a regular client; updates "
+                          "that would arrive later are dropped (0 = no deadline)", default=0.0)
+    min_clients: int = doc("a round with fewer returned updates keeps the global model (no aggregation)",
+                           default=1)
     feature_cache: bool = doc("where only the head trains (method head), compute the frozen backbone's features "
                               "once and reuse them in later rounds and evaluation", default=True)
     cache_mb: int = doc("largest feature cache (train + test) in MiB; a bigger one is not built", default=4096)
@@ -145,6 +156,14 @@ class FLConfig:
         _at_least("fl.parallel_clients", self.parallel_clients, 0)
         _at_least("fl.cache_mb", self.cache_mb, 0)
         _choice("fl.precision", self.precision, ("auto", "fp32", "bf16"))
+        for key in ("dropout", "stragglers"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise UsageError(f"fl.{key} = {getattr(self, key)}: must be a probability in [0, 1]")
+        if self.straggler_slowdown < 1:
+            raise UsageError(f"fl.straggler_slowdown = {self.straggler_slowdown}: must be >= 1")
+        if self.deadline < 0:
+            raise UsageError(f"fl.deadline = {self.deadline}: must be >= 0 (0 = no deadline)")
+        _at_least("fl.min_clients", self.min_clients, 1)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise UsageError(f"fl.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
         for key in ("lr", "weight_decay", "mu", "server_lr", "tau"):
@@ -164,12 +183,44 @@ class CommConfig:
 
 
 @dataclass
+class DPConfig:
+    mode: str = doc("differential privacy: none | client (DP-FedAvg: clip each client's update, Gaussian noise on "
+                    "the average, privacy accounted over rounds)", default="none")
+    clip: float = doc("client: L2 norm each client's update is clipped to (the start of adaptive clipping)",
+                      default=1.0)
+    noise_multiplier: float = doc("client: noise std on the summed updates is noise_multiplier * clip", default=1.0)
+    target_epsilon: float = doc("calibrate noise_multiplier so the whole run spends this epsilon (0 = use "
+                                "noise_multiplier as given)", default=0.0)
+    delta: float = doc("the delta of (epsilon, delta)-DP", default=1e-5)
+    adaptive_clip: bool = doc("adapt the clip to a quantile of the update norms (Andrew et al. 2021)", default=False)
+    target_quantile: float = doc("adaptive clip: share of updates meant to fall under the clip", default=0.5)
+    clip_lr: float = doc("adaptive clip: geometric step size of the clip update", default=0.2)
+    count_noise: float = doc("adaptive clip: noise std on the count of unclipped updates (0 = clients_per_round "
+                             "/ 20, as Andrew et al.)", default=0.0)
+
+    def check(self) -> None:
+        _choice("dp.mode", self.mode, ("none", "client"))
+        if not self.clip > 0:
+            raise UsageError(f"dp.clip = {self.clip}: must be > 0")
+        if self.noise_multiplier < 0 or self.target_epsilon < 0 or self.count_noise < 0:
+            bad = next(k for k in ("noise_multiplier", "target_epsilon", "count_noise") if getattr(self, k) < 0)
+            raise UsageError(f"dp.{bad} = {getattr(self, bad)}: must be >= 0")
+        if not 0 < self.delta < 1:
+            raise UsageError(f"dp.delta = {self.delta}: must be in (0, 1)")
+        if not 0 < self.target_quantile < 1:
+            raise UsageError(f"dp.target_quantile = {self.target_quantile}: must be in (0, 1)")
+        if not self.clip_lr > 0:
+            raise UsageError(f"dp.clip_lr = {self.clip_lr}: must be > 0")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     fl: FLConfig = field(default_factory=FLConfig)
     comm: CommConfig = field(default_factory=CommConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
 
     def check(self) -> None:
         for section in SECTIONS:
@@ -177,6 +228,13 @@ class Config:
         if self.fl.clients_per_round > self.data.num_clients:
             raise UsageError(f"fl.clients_per_round = {self.fl.clients_per_round}: must be <= data.num_clients "
                              f"({self.data.num_clients})")
+        if self.fl.min_clients > self.fl.clients_per_round:
+            raise UsageError(f"fl.min_clients = {self.fl.min_clients}: must be <= fl.clients_per_round "
+                             f"({self.fl.clients_per_round})")
+        if self.method.ffa and self.method.name != "lora":
+            raise UsageError(f"method.ffa = true is a lora option; method.name = {self.method.name!r}")
+        if self.dp.mode != "none" and self.fl.mode != "federated":
+            raise UsageError(f"dp.mode = {self.dp.mode!r} needs fl.mode = 'federated' (not {self.fl.mode!r})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -202,6 +260,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "method": MethodConfig, "fl": FLConfig, "comm": CommConfig,
+    "dp": DPConfig,
 }
 
 

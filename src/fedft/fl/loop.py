@@ -17,7 +17,9 @@ from fedft.fl import comm
 from fedft.fl.batched import train_batched
 from fedft.fl.client import (State, TrainConfig, Update, client_seed, lengths_for, load_state, local_train,
                              make_optimizer, read_state, shuffled_batches, train_batches)
+from fedft.fl.availability import client_fates
 from fedft.fl.evaluate import evaluate
+from fedft.fl.privacy import ClientDP
 from fedft.fl.strategies import Strategy
 
 
@@ -29,8 +31,15 @@ class Row:
     train_loss: float
     bytes_up: int
     bytes_down: int
-    clients: list[int]
+    clients: list[int]  # sampled client ids
     seconds: float
+    sampled: int = 0
+    returned: int = 0  # updates that arrived
+    dropped: int = 0  # sampled clients that failed (fl.dropout)
+    late: int = 0  # stragglers past fl.deadline
+    aggregated: bool = True  # False: fewer than fl.min_clients returned, the global model was kept
+    epsilon: float | None = None  # client-level DP: spent so far
+    dp: dict | None = None  # client-level DP: clip, noise std, how many updates were clipped
 
 
 @dataclass
@@ -46,6 +55,7 @@ class Setup:
     comm_dtype: str
     strategy: Strategy
     tick: Callable[[], None] = field(default=lambda: None)  # called after each client's local training
+    dp: ClientDP | None = None  # client-level differential privacy on the aggregate
     parallel_clients: int = 1  # clients trained at once (cross-client batching); 1 = one after another
     precision: str = "fp32"  # "bf16": autocast forward passes
 
@@ -84,24 +94,34 @@ class Setup:
 
 
 def federated(s: Setup) -> Iterator[Row]:
-    """Sample clients -> send the global trainable state -> local training -> aggregate -> evaluate."""
+    """Sample clients -> send the global trainable state -> local training on the clients that return ->
+    aggregate (with DP if set) -> evaluate."""
     sampler = np.random.default_rng(client_seed(s.fl.seed, 1))
     global_state = read_state(s.params)
+    releases = 0
     for rnd in range(1, s.fl.rounds + 1):
         t0 = time.perf_counter()
         sampled = sorted(sampler.choice(len(s.clients), s.fl.clients_per_round, replace=False).tolist())
         down = comm.encode(global_state, s.comm_dtype)
         start = comm.decode(down)  # what every sampled client receives
-        updates, bytes_up = s.train_clients([start] * len(sampled), sampled, rnd), 0
+        fates = client_fates(s.fl, rnd, sampled, [len(c) for c in s.clients])  # who will not return: not trained
+        updates, bytes_up = s.train_clients([start] * len(fates.returned), fates.returned, rnd), 0
         for update in updates:
             up = comm.encode(update.state, s.comm_dtype)
             bytes_up += len(up)
             update.state = comm.decode(up)  # the server sees exactly what was sent
-        global_state = s.strategy.aggregate(start, updates)  # against what the clients started from
+        aggregated, dp_info = len(updates) >= s.fl.min_clients, None
+        if aggregated and s.dp is not None:
+            mean, dp_info = s.dp.private_mean(start, [u.state for u in updates])
+            global_state = s.strategy.server_step(start, mean)
+            releases += 1
+        elif aggregated:
+            global_state = s.strategy.aggregate(start, updates)  # against what the clients started from
         load_state(s.params, global_state)
         acc, loss = s.evaluate() if s.eval_round(rnd) else (None, None)
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, len(down) * len(sampled), sampled,
-                  time.perf_counter() - t0)
+                  time.perf_counter() - t0, len(sampled), len(updates), len(fates.failed), len(fates.late),
+                  aggregated, s.dp.epsilon(releases) if s.dp else None, dp_info)
 
 
 def local_only(s: Setup) -> Iterator[Row]:
@@ -120,7 +140,7 @@ def local_only(s: Setup) -> Iterator[Row]:
         acc, loss = (float(np.mean([a for a, _ in scores])), float(np.mean([l for _, l in scores]))) \
             if scores else (None, None)
         yield Row(rnd, acc, loss, _mean_loss(updates), 0, 0, list(range(len(s.clients))),
-                  time.perf_counter() - t0)
+                  time.perf_counter() - t0, len(s.clients), len(s.clients))
 
 
 def central(s: Setup) -> Iterator[Row]:

@@ -1,4 +1,8 @@
-"""lora: low-rank updates on the attention projections (Hugging Face peft) plus the head."""
+"""lora: low-rank updates on the attention projections (Hugging Face peft) plus the head.
+
+method.ffa = true is FFA-LoRA (Sun et al., ICLR 2024): A stays frozen at its (seeded, shared) random init
+and only B and the head train, so the update is linear in what is averaged, which holds up under DP noise.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,11 +23,16 @@ class Lora(Method):
         config = LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
                             target_modules=targets, modules_to_save=["head"])
         try:
-            return get_peft_model(model, config)
+            model = get_peft_model(model, config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             from fedft.errors import UsageError
 
             raise UsageError(f"method.targets = {targets}: {str(e).splitlines()[0]}") from None
+        if self.cfg.ffa:
+            for name, p in model.named_parameters():
+                if ".lora_A." in name:
+                    p.requires_grad_(False)
+        return model
 
     def export(self, model, out_dir: Path, meta: dict) -> list[str]:
         """Hugging Face PEFT's own format, loadable with PeftModel.from_pretrained(classifier, out_dir/'adapter')."""

@@ -1,0 +1,110 @@
+"""Client-level differential privacy: DP-FedAvg (McMahan et al., 2018) with fixed or adaptive clipping
+(Andrew et al., 2021), shaped after Flower's DifferentialPrivacyServerSide{Fixed,Adaptive}Clipping.
+
+Each client's update (trained state - the state it started from) is clipped to L2 norm `clip`; the
+server averages the clipped updates with equal weights and adds Gaussian noise of std
+z * clip / n (n = updates averaged, z = the noise multiplier), so one client's presence changes the
+average by at most clip / n and is hidden by the noise. The privacy loss over rounds, with clients sampled
+at rate clients_per_round / num_clients, is accounted by Opacus' RDP accountant.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+
+from fedft.config import DPConfig
+from fedft.errors import UsageError
+from fedft.fl.aggregate import State, subtract
+
+
+def update_norm(delta: State) -> float:
+    """L2 norm over all tensors of an update, as if flattened into one vector."""
+    return math.sqrt(sum(float(v.double().pow(2).sum()) for v in delta.values()))
+
+
+def clip_update(delta: State, clip: float) -> tuple[State, float]:
+    """(delta scaled to norm <= clip, its norm before clipping)."""
+    norm = update_norm(delta)
+    scale = min(1.0, clip / norm) if norm > 0 else 1.0
+    return {k: v * scale for k, v in delta.items()}, norm
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """Epsilon spent after `rounds` releases of the noised average (Opacus' RDP accountant)."""
+    if rounds == 0:
+        return 0.0
+    if noise_multiplier == 0:
+        return math.inf
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(noise_multiplier, sample_rate, rounds)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "optimal order is the largest alpha": a looser, still valid bound
+        return float(accountant.get_epsilon(delta))
+
+
+def calibrate(target_epsilon: float, delta: float, sample_rate: float, rounds: int) -> float:
+    """The noise multiplier with which `rounds` rounds spend (just under) target_epsilon."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
+                                              sample_rate=sample_rate, steps=rounds, accountant="rdp",
+                                              epsilon_tolerance=0.005))
+    except ValueError:
+        need = epsilon(1e3, sample_rate, rounds, delta)
+        raise UsageError(f"dp.target_epsilon = {target_epsilon}: cannot be met in {rounds} rounds at sampling rate "
+                         f"{sample_rate:.3g} (even noise multiplier 1000 spends epsilon {need:.3g}); raise the "
+                         f"target or lower fl.rounds or fl.clients_per_round") from None
+
+
+class ClientDP:
+    """The server side of DP-FedAvg: clip, average with equal weights, add noise; adapt the clip if asked."""
+
+    def __init__(self, cfg: DPConfig, clients_per_round: int, sample_rate: float, noise_multiplier: float,
+                 seed: int) -> None:
+        self.cfg, self.sample_rate = cfg, sample_rate
+        self.clip = cfg.clip
+        self.noise_multiplier = noise_multiplier  # the privacy noise z the accountant sees
+        self.count_noise = cfg.count_noise or clients_per_round / 20
+        if cfg.adaptive_clip and noise_multiplier > 0:
+            # Andrew et al.: part of the privacy noise goes to the count of unclipped updates
+            if 2 * self.count_noise <= noise_multiplier:
+                raise UsageError(f"dp.adaptive_clip: dp.count_noise = {self.count_noise:g} must be > "
+                                 f"noise_multiplier / 2 = {noise_multiplier / 2:g}; raise dp.count_noise")
+            self.update_noise = (noise_multiplier ** -2 - (2 * self.count_noise) ** -2) ** -0.5
+        else:
+            self.update_noise = noise_multiplier
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def epsilon(self, releases: int) -> float:
+        """Epsilon spent after `releases` noised averages."""
+        return epsilon(self.noise_multiplier, self.sample_rate, releases, self.cfg.delta)
+
+    def private_mean(self, current: State, states: list[State]) -> tuple[State, dict]:
+        """current + noised mean of the clipped updates; and what happened (for results.json)."""
+        clipped, norms = zip(*(clip_update(subtract(s, current), self.clip) for s in states))
+        n = len(states)
+        std = self.update_noise * self.clip / n
+        out = {}
+        for k, base in current.items():
+            mean = sum(c[k].double() for c in clipped) / n
+            noise = torch.randn(base.shape, generator=self.generator, dtype=torch.float64) * std
+            out[k] = (base.double() + mean + noise).to(base.dtype)
+        info = {"clip": self.clip, "noise_std": std, "clipped": sum(nm > self.clip for nm in norms),
+                "mean_update_norm": sum(norms) / n}
+        if self.cfg.adaptive_clip:
+            self.clip = self._next_clip(norms)
+        return out, info
+
+    def _next_clip(self, norms) -> float:
+        """Geometric update toward the target quantile, from a noised count of unclipped updates."""
+        unclipped = sum(nm <= self.clip for nm in norms)
+        noisy = unclipped + float(torch.randn((), generator=self.generator, dtype=torch.float64)) * self.count_noise
+        share = noisy / len(norms)
+        return self.clip * math.exp(-self.cfg.clip_lr * (share - self.cfg.target_quantile))
