@@ -104,10 +104,25 @@ def to_examples(raw, backbone: Backbone, config: Config):
     return image_examples(raw, size, backbone.image_mean, backbone.image_std, backbone.num_channels)
 
 
-def prepare(config: Config) -> Experiment:
-    """Load and check everything a run needs. All bad input fails here, before anything is written."""
+def check_names(config: Config) -> None:
+    """The cheap checks of names that live in registries or on disk (a sweep checks every cell this way first)."""
+    from fedft.data import IMAGE_SETS, TEXT_SETS
+    from fedft.models import BUILTIN
+
     STRATEGIES.get(config.fl.strategy, "fl.strategy")
     METHODS.get(config.method.name, "method.name")
+    name = config.data.name
+    if name not in TEXT_SETS + IMAGE_SETS and not name.startswith(("csv:", "imagefolder:")):
+        raise UsageError(f"data.name = {name!r}: unknown data set; choose one of {', '.join(TEXT_SETS + IMAGE_SETS)}")
+    model = config.model.name
+    if model not in BUILTIN and not Path(model).is_dir() and os.environ.get("HF_HUB_OFFLINE") != "0":
+        raise UsageError(f"model.name = {model!r}: not a built-in model ({', '.join(BUILTIN)}) "
+                         f"nor a local Hugging Face model directory")
+
+
+def prepare(config: Config) -> Experiment:
+    """Load and check everything a run needs. All bad input fails here, before anything is written."""
+    check_names(config)
     train_raw, test_raw = load_dataset(config.data)
     clients = partition(train_raw.labels, config.data, config.fl.seed)
     model, method, backbone = build_model(config, train_raw.classes)

@@ -26,6 +26,17 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("config", help="list every config key with its default and meaning")
 
+    p = sub.add_parser("sweep", help="run a grid of experiments (resumable), then write summary tables and plots")
+    _config_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2,...",
+                   help="values to sweep (repeatable; adds to or replaces the file's [sweep] grid)")
+    p.add_argument("--repeat", type=int, help="runs per grid point, with fl.seed, fl.seed+1, ... (default 1)")
+    p.add_argument("--out", help="sweep folder (default sweeps/<timestamp>); rerun with the same to resume")
+
+    p = sub.add_parser("report", help="summary tables and plots from finished runs (run or sweep folders)")
+    p.add_argument("runs", nargs="+", help="run folders, or folders of runs")
+    p.add_argument("--out", help="where to write (default: the one folder given)")
+
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -115,7 +126,54 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from datetime import datetime
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from fedft.api import run
+    from fedft.summary import load_finished, write_summary
+    from fedft.sweep import cells, parse_grid, read_sweep, run_sweep
+
+    if args.config and args.config_opt:
+        raise UsageError("give the config file once (positional or --config)")
+    path = args.config or args.config_opt
+    grid, repeat = read_sweep(path)
+    grid.update(parse_grid(args.grid))
+    if not grid:
+        raise UsageError("nothing to sweep: give --grid section.key=v1,v2 or a [sweep] grid in the config file")
+    todo = cells(path, args.set, grid, repeat if args.repeat is None else args.repeat)
+    out = Path(args.out) if args.out else Path("sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {str(out)!r} is a file, not a folder")
+    dirs = []
+    try:
+        dirs = run_sweep(todo, out, lambda config, d: run(config, d, progress=True), log=tqdm.write)
+    finally:
+        done = load_finished([d for d in (dirs or [out / c.name for c in todo]) if (d / "results.json").exists()])
+        if done:
+            written = write_summary(out, done)
+            print(f"{len(done)} of {len(todo)} runs finished; wrote {', '.join(written)} in {out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedft.summary import find_runs, load_finished, write_summary
+
+    if args.out is None and len(args.runs) != 1:
+        raise UsageError("several folders given: say where to write with --out DIR")
+    out = Path(args.out or args.runs[0])
+    done = load_finished(find_runs([Path(r) for r in args.runs]))
+    written = write_summary(out, done)
+    print(f"{len(done)} finished runs; wrote {', '.join(written)} in {out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config,
+            "sweep": cmd_sweep, "report": cmd_report}
 
 
 def _toml_str(text: str) -> str:

@@ -275,6 +275,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raw = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UsageError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        raw.pop("sweep", None)  # the grid of `fedft sweep`; a single run takes the rest of the file
     for item in overrides:
         key, value = parse_override(item)
         section, name = key

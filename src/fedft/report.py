@@ -9,7 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-ROUND_COLUMNS = ["round", "accuracy", "loss", "train_loss", "bytes_up", "bytes_down", "clients", "seconds"]
+ROUND_COLUMNS = ["round", "accuracy", "loss", "train_loss", "bytes_up", "bytes_down", "clients", "seconds", "sampled",
+                 "returned", "dropped", "late", "aggregated", "epsilon"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:

@@ -1,0 +1,193 @@
+"""Tables and plots over many finished runs (a sweep, or any runs): `fedft report` and the end of `fedft sweep`.
+
+Runs are grouped by the config keys that differ between them (the seed aside), so repeats of one grid
+point become one row with the mean and standard deviation of their final accuracy.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fedft.errors import UsageError
+from fedft.report import atomic_write
+
+SEED_KEY = "fl.seed"
+
+
+def find_runs(paths: list[Path]) -> list[Path]:
+    """Each path is a run folder (has results.json) or a folder of run folders."""
+    runs = []
+    for p in map(Path, paths):
+        if (p / "results.json").is_file():
+            runs.append(p)
+        elif p.is_dir():
+            runs += sorted(d for d in p.iterdir() if (d / "results.json").is_file())
+        else:
+            raise UsageError(f"{str(p)!r} is not a run folder (no results.json) nor a folder of runs")
+    return runs
+
+
+def load_finished(runs: list[Path]) -> list[dict]:
+    out = []
+    for run in runs:
+        try:
+            record = json.loads((run / "results.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("status") == "completed":
+            record["_dir"] = str(run)
+            out.append(record)
+    return out
+
+
+def flat(config: dict) -> dict:
+    return {f"{s}.{k}": v for s, keys in config.items() for k, v in keys.items()}
+
+
+def varying_keys(records: list[dict]) -> list[str]:
+    configs = [flat(r["config"]) for r in records]
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if k != SEED_KEY and len({json.dumps(c.get(k)) for c in configs}) > 1]
+
+
+def summarise(records: list[dict]) -> tuple[list[str], list[dict]]:
+    """(grid keys, one row per grid point: its key values, repeats, accuracy mean/std, MB, epsilon, ...)."""
+    keys = varying_keys(records)
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        c = flat(r["config"])
+        groups.setdefault(tuple(json.dumps(c.get(k)) for k in keys), []).append(r)
+    rows = []
+    for _, members in sorted(groups.items(), key=lambda kv: [_order(json.loads(v)) for v in kv[0]]):
+        c = flat(members[0]["config"])
+        acc = [m["final"]["accuracy"] for m in members]
+        eps = [m["final"].get("epsilon") for m in members]
+        row = {k: _show(c.get(k)) for k in keys}
+        row.update({
+            "repeats": len(members),
+            "accuracy_mean": round(float(np.mean(acc)), 4),
+            "accuracy_std": round(float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0, 4),
+            "MB_total": round(float(np.mean([m["final"]["bytes_total"] for m in members])) / 1e6, 2),
+            "MB_per_client_round": round(members[0]["final"]["payload_bytes"] / 1e6, 4),
+            "trainable_params": members[0]["final"]["trainable_params"],
+            "epsilon": "inf" if eps[0] is None else round(float(np.mean(eps)), 3),
+            "dropped_share": round(_dropped_share(members), 3),
+            "runs": ";".join(Path(m["_dir"]).name for m in members),
+        })
+        rows.append(row)
+    return keys, rows
+
+
+def write_summary(out: Path, records: list[dict]) -> list[str]:
+    """summary.csv, summary.md and the plots into `out`; returns the file names written."""
+    if not records:
+        raise UsageError("no finished runs to summarise (none has status 'completed')")
+    out.mkdir(parents=True, exist_ok=True)
+    keys, rows = summarise(records)
+    cols = list(rows[0])
+
+    def write_csv(p: Path) -> None:
+        with p.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(out / "summary.csv", write_csv)
+    shown = [c for c in cols if c != "runs"]
+    lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
+    for r in rows:
+        cells = [f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f}" if c == "accuracy_mean" else str(r[c])
+                 for c in shown if c != "accuracy_std"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines[0] = "| " + " | ".join(c if c != "accuracy_mean" else "accuracy (mean ± std)"
+                                 for c in shown if c != "accuracy_std") + " |"
+    lines[1] = "|" + "---|" * (len(shown) - 1)
+    atomic_write(out / "summary.md", lambda p: p.write_text("\n".join(lines) + "\n"))
+    return ["summary.csv", "summary.md", *plot_summary(out, keys, records, rows)]
+
+
+def plot_summary(out: Path, keys: list[str], records: list[dict], rows: list[dict]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        atomic_write(out / name, lambda p: fig.savefig(p, format="png", dpi=100))
+        plt.close(fig)
+        written.append(name)
+
+    label = lambda row: ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or "run"  # noqa: E731
+    by_label: dict[str, list[dict]] = {}
+    for r in records:
+        c = flat(r["config"])
+        by_label.setdefault(label({k: _show(c.get(k)) for k in keys}), []).append(r)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, members in by_label.items():
+        curves = [{x["round"]: x["accuracy"] for x in m["rounds"] if x["accuracy"] is not None} for m in members]
+        common = sorted(set.intersection(*(set(c) for c in curves)))
+        ax.plot(common, [np.mean([c[t] for c in curves]) for t in common], marker="o", label=name)
+    ax.set(xlabel="round", ylabel="test accuracy", title="accuracy per round (mean over repeats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, "curves.png")
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for row in rows:
+        ax.errorbar(row["MB_total"], row["accuracy_mean"], yerr=row["accuracy_std"], fmt="o")
+        ax.annotate(label(row), (row["MB_total"], row["accuracy_mean"]), fontsize=7)
+    ax.set(xscale="log", xlabel="MB sent in the run (log)", ylabel="final test accuracy",
+           title="accuracy against communication")
+    ax.grid(alpha=0.3)
+    save(fig, "frontier.png")
+
+    for key, name, xlabel in (("epsilon", "epsilon.png", "epsilon spent (client-level DP)"),
+                              ("fl.dropout", "dropout.png", "client dropout rate")):
+        values = {row["epsilon"] if key == "epsilon" else row.get(key) for row in rows}
+        if len(values) < 2 or (key == "fl.dropout" and key not in keys):
+            continue
+        series: dict[str, list[tuple]] = {}
+        others = [k for k in keys if k not in (key, "dp.target_epsilon", "dp.mode", "dp.noise_multiplier")]
+        for row in rows:
+            x = row["epsilon"] if key == "epsilon" else row[key]
+            series.setdefault(", ".join(str(row[k]) for k in others) or "run", []).append(
+                (x, row["accuracy_mean"], row["accuracy_std"]))
+        fig, ax = plt.subplots(figsize=(7, 5))
+        finite = [float(x) for pts in series.values() for x, _, _ in pts if x != "inf"]
+        for name_, pts in series.items():
+            inf_x = max(finite) * 2 if finite else 1.0  # "no DP" drawn to the right of every epsilon
+            xs = [inf_x if x == "inf" else float(x) for x, _, _ in pts]
+            order = np.argsort(xs)
+            ax.errorbar(np.array(xs)[order], np.array([p[1] for p in pts])[order],
+                        yerr=np.array([p[2] for p in pts])[order], marker="o", label=name_)
+        if key == "epsilon":
+            ax.set_xscale("log")
+            if any(x == "inf" for pts in series.values() for x, _, _ in pts):
+                ax.set_title("accuracy against privacy (rightmost point: no DP)")
+        ax.set(xlabel=xlabel, ylabel="final test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        save(fig, name)
+    return written
+
+
+def _order(v) -> tuple:
+    """Numbers before text, numbers by value: the same row order from any listing of the runs."""
+    return (0, float(v), "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0.0, str(v))
+
+
+def _show(v) -> str:
+    return str(v)
+
+
+def _dropped_share(members: list[dict]) -> float:
+    sampled = sum(x.get("sampled", 0) for m in members for x in m["rounds"])
+    lost = sum(x.get("dropped", 0) + x.get("late", 0) for m in members for x in m["rounds"])
+    return lost / sampled if sampled else 0.0

@@ -1,0 +1,127 @@
+"""`fedft sweep`: run a grid of experiments one after another, resumably, then summarise them.
+
+The grid comes from the config file's [sweep] table (`grid = { "method.name" = ["bias", "lora"] }`,
+`repeat = 3`) and from --grid key=v1,v2 (which wins). Repeat r runs with fl.seed + r. Each cell runs in
+its own folder; a cell whose results.json says completed is skipped on a rerun, any other is run again
+from scratch, so a sweep stopped by Ctrl-C or a crash loses no finished cell.
+
+A grid value `inf` for dp.target_epsilon means no differential privacy (dp.mode = none) for that cell.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import shutil
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fedft.api import check_names
+from fedft.config import Config, load_config, parse_override
+from fedft.errors import UsageError
+
+
+@dataclass
+class Cell:
+    name: str  # folder name
+    overrides: list[str]  # section.key=value, applied after the file and --set
+    config: Config
+
+
+def read_sweep(path: str | None) -> tuple[dict[str, list], int]:
+    """The [sweep] table of a config file: (grid, repeat)."""
+    if path is None:
+        return {}, 1
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {str(p)!r} does not exist")
+    try:
+        table = tomllib.loads(p.read_text()).get("sweep", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    grid = table.get("grid", {})
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise UsageError("[sweep] grid must be a table of \"section.key\" = [value, ...] (non-empty lists)")
+    unknown = set(table) - {"grid", "repeat"}
+    if unknown:
+        raise UsageError(f"unknown key sweep.{sorted(unknown)[0]}; allowed in [sweep]: grid, repeat")
+    return dict(grid), int(table.get("repeat", 1))
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """--grid method.name=bias,lora -> {"method.name": ["bias", "lora"]} (each value read as TOML)."""
+    grid = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--grid {item!r}: expected section.key=value1,value2,...")
+        key, values = item.split("=", 1)
+        parsed = [parse_override(f"{key}={v.strip()}")[1] for v in values.split(",") if v.strip()]
+        if not parsed:
+            raise UsageError(f"--grid {item!r}: no values")
+        grid[key.strip()] = parsed
+    return grid
+
+
+def cells(path: str | None, sets: list[str], grid: dict[str, list], repeat: int) -> list[Cell]:
+    """Every (grid point, repeat), each config built and checked now, so bad input fails before any run."""
+    if repeat < 1:
+        raise UsageError(f"--repeat {repeat}: must be >= 1")
+    base_seed = load_config(path, sets).fl.seed
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        for r in range(repeat):
+            overrides = []
+            for k, v in zip(keys, values):
+                if k == "dp.target_epsilon" and _is_inf(v):
+                    overrides.append('dp.mode="none"')
+                else:
+                    overrides.append(f"{k}={_toml(v)}")
+            overrides.append(f"fl.seed={base_seed + r}")
+            name = "__".join(f"{k}-{_slug(v)}" for k, v in zip(keys, values)) or "run"
+            config = load_config(path, [*sets, *overrides])
+            check_names(config)
+            out.append(Cell(f"{name}__seed-{base_seed + r}", overrides, config))
+    return out
+
+
+def run_sweep(cells_: list[Cell], out: Path, run: Callable[[Config, Path], Any], log=print) -> list[Path]:
+    """Run the cells not finished yet; returns every cell's folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    dirs = []
+    for i, cell in enumerate(cells_, start=1):
+        d = out / cell.name
+        dirs.append(d)
+        if _completed(d):
+            log(f"[{i}/{len(cells_)}] {cell.name}: done earlier, skipped")
+            continue
+        if d.exists():
+            shutil.rmtree(d)  # an interrupted or failed cell runs again from scratch
+        log(f"[{i}/{len(cells_)}] {cell.name}")
+        run(cell.config, d)
+    return dirs
+
+
+def _completed(d: Path) -> bool:
+    try:
+        return json.loads((d / "results.json").read_text()).get("status") == "completed"
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def _is_inf(v) -> bool:
+    return (isinstance(v, float) and v == float("inf")) or (isinstance(v, str) and v.lower() in ("inf", "infinity"))
+
+
+def _toml(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def _slug(v) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(v)).strip("_") or "x"

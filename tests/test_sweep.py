@@ -1,0 +1,99 @@
+"""fedft sweep and fedft report: the grid, resuming after a kill, the summary's numbers."""
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import fedft.api
+from fedft.cli import main
+
+
+def sweep_args(tiny, out, *extra):
+    return ["sweep", *[a for p in tiny() for a in ("--set", p)], "--out", str(out), *extra]
+
+
+def test_sweep_resumes_after_a_kill_running_only_the_missing_cells(tiny, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "sw"
+    grid = ["--grid", "method.name=head,bias", "--grid", "fl.local_epochs=1,2"]
+    real_run, calls = fedft.api.run, []
+
+    def killed_on_third(config, out_dir, **kw):
+        calls.append(out_dir.name)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C in the third cell, before it finished
+        return real_run(config, out_dir, **kw)
+
+    monkeypatch.setattr(fedft.api, "run", killed_on_third)
+    assert main(sweep_args(tiny, out, *grid)) == 130
+    finished = sorted(d.name for d in out.iterdir() if (d / "results.json").is_file())
+    assert len(finished) == 2 and (out / "summary.csv").is_file()  # the finished cells are summarised
+    mtimes = {n: (out / n / "results.json").stat().st_mtime_ns for n in finished}
+
+    calls.clear()
+    monkeypatch.setattr(fedft.api, "run", lambda config, out_dir, **kw: (calls.append(out_dir.name),
+                                                                        real_run(config, out_dir, **kw))[1])
+    assert main(sweep_args(tiny, out, *grid)) == 0
+    assert len(calls) == 2 and not set(calls) & set(finished)  # only the two missing cells ran
+    assert all((out / n / "results.json").stat().st_mtime_ns == t for n, t in mtimes.items())
+    with (out / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["method.name"] for r in rows} == {"head", "bias"}
+
+
+def test_summary_mean_and_std_over_repeats(tiny, tmp_path):
+    out = tmp_path / "sw"
+    assert main(sweep_args(tiny, out, "--grid", "method.name=head", "--repeat", "3")) == 0
+    accs = []
+    for seed in range(3):
+        record = json.loads((out / f"method.name-head__seed-{seed}" / "results.json").read_text())
+        assert record["config"]["fl"]["seed"] == seed
+        accs.append(record["final"]["accuracy"])
+    with (out / "summary.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert int(row["repeats"]) == 3
+    assert float(row["accuracy_mean"]) == pytest.approx(np.mean(accs), abs=1e-4)
+    assert float(row["accuracy_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-4)
+    assert {"summary.md", "curves.png", "frontier.png"} <= {p.name for p in out.iterdir()}
+
+
+def test_report_rebuilds_the_summary_from_run_folders(tiny, tmp_path):
+    out = tmp_path / "sw"
+    assert main(sweep_args(tiny, out, "--grid", "fl.dropout=0,0.5")) == 0
+    before = (out / "summary.csv").read_text()
+    (out / "summary.csv").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "summary.csv").read_text() == before
+    assert (out / "dropout.png").is_file()
+    runs = sorted(str(d) for d in out.iterdir() if d.is_dir())
+    assert main(["report", *runs, "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "summary.csv").read_text() == before
+
+
+def test_sweep_file_grid_and_inf_epsilon(tiny, tmp_path, text_csv):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text('[method]\nname = "bias"\n[dp]\nmode = "client"\n[sweep]\n'
+                   'grid = { "dp.target_epsilon" = [3.0, "inf"] }\n')
+    out = tmp_path / "sw"
+    assert main(["sweep", str(cfg), *[a for p in tiny() for a in ("--set", p)], "--out", str(out)]) == 0
+    eps = {d.name: json.loads((d / "results.json").read_text()) for d in out.iterdir() if d.is_dir()}
+    dp_run = eps["dp.target_epsilon-3.0__seed-0"]
+    assert dp_run["config"]["dp"]["mode"] == "client" and dp_run["final"]["epsilon"] <= 3.0
+    plain = eps["dp.target_epsilon-inf__seed-0"]
+    assert plain["config"]["dp"]["mode"] == "none" and "epsilon" not in plain["final"]
+    assert (out / "epsilon.png").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--grid", "fl.rounds=1,0"], "fl.rounds = 0: must be >= 1"),
+    (["--grid", "method.name=bias,dora"], "method.name = 'dora'"),
+    (["--grid", "fl.roundz=1,2"], "unknown config key fl.roundz"),
+    ([], "nothing to sweep"),
+    (["--grid", "method.name=bias", "--repeat", "0"], "--repeat 0: must be >= 1"),
+])
+def test_bad_sweep_input_exits_2_and_writes_nothing(tiny, tmp_path, capsys, extra, message):
+    out = tmp_path / "sw"
+    assert main(sweep_args(tiny, out, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedft: error: ") and message in err and "\n" not in err, err
+    assert not out.exists()
