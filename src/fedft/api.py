@@ -143,6 +143,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     out = _check_out_dir(out_dir)
     exp = prepare(config)
     dp = client_dp(config)  # calibrating the noise may fail: before anything is written
+    sample_dp = sample_level_dp(config, exp)
     out.mkdir(parents=True, exist_ok=True)
     strategy = STRATEGIES.get(config.fl.strategy, "fl.strategy")(config.fl)
     fl = config.fl
@@ -152,17 +153,17 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     train, test, cache = _feature_cache(exp, log)
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
-                  precision=precision(fl, exp.model), dp=dp)
+                  precision=precision(fl, exp.model), dp=dp, sample_dp=sample_dp)
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
         "client_sizes": [len(c) for c in exp.clients], "feature_cache": cache, "rounds": [], "final": None,
-        "dp": None if dp is None else {"mode": "client", "noise_multiplier": dp.noise_multiplier,
-                                       "update_noise_multiplier": dp.update_noise, "sample_rate": dp.sample_rate,
-                                       "delta": config.dp.delta,
-                                       "planned_epsilon": dp.epsilon(fl.rounds)},
+        "dp": {"mode": "client", "noise_multiplier": dp.noise_multiplier, "update_noise_multiplier": dp.update_noise,
+               "sample_rate": dp.sample_rate, "delta": config.dp.delta, "planned_epsilon": dp.epsilon(fl.rounds)}
+        if dp is not None else {"mode": "sample", "noise_multiplier": sample_dp.noise_multiplier, "clip": config.dp.clip,
+                                "delta": config.dp.delta} if sample_dp is not None else None,
     }
     final = {"trainable_params": trainable, "total_params": count_parameters(exp.model),
              "payload_bytes": payload}
@@ -187,7 +188,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                      bytes_up=sum(r["bytes_up"] for r in record["rounds"]),
                      bytes_down=sum(r["bytes_down"] for r in record["rounds"]),
                      seconds=time.perf_counter() - started)
-        if dp is not None:
+        if dp is not None or sample_dp is not None:
             final["epsilon"] = record["rounds"][-1]["epsilon"]
         record["final"] = final
         meta = {"model": config.model.name, "model_source": exp.model_source, "classes": exp.classes,
@@ -230,6 +231,25 @@ def client_dp(config: Config):
     z = calibrate(config.dp.target_epsilon, config.dp.delta, rate, fl.rounds) if config.dp.target_epsilon \
         else config.dp.noise_multiplier
     return ClientDP(config.dp, fl.clients_per_round, rate, z, client_seed(fl.seed, 6))
+
+
+def sample_level_dp(config: Config, exp: Experiment):
+    """DP-SGD inside clients for dp.mode = sample, else None. The noise for dp.target_epsilon is calibrated for
+    the smallest client taking part in every round (the most any client can spend)."""
+    from fedft.fl.availability import local_steps
+    from fedft.fl.privacy import SampleDP, calibrate, check_per_sample_gradients
+
+    if config.dp.mode != "sample":
+        return None
+    fl = config.fl
+    z = config.dp.noise_multiplier
+    if config.dp.target_epsilon:
+        smallest = min(len(c) for c in exp.clients if len(c))
+        z = calibrate(config.dp.target_epsilon, config.dp.delta, min(1.0, fl.batch_size / smallest),
+                      fl.rounds * local_steps(smallest, fl), unit="local steps of the smallest client")
+    dp = SampleDP(config.dp, exp.model, z)
+    check_per_sample_gradients(dp, exp.params, *exp.train.batch(np.arange(min(2, len(exp.train)))))
+    return dp
 
 
 def resolve_device(name: str) -> torch.device:

@@ -185,10 +185,12 @@ class CommConfig:
 @dataclass
 class DPConfig:
     mode: str = doc("differential privacy: none | client (DP-FedAvg: clip each client's update, Gaussian noise on "
-                    "the average, privacy accounted over rounds)", default="none")
-    clip: float = doc("client: L2 norm each client's update is clipped to (the start of adaptive clipping)",
-                      default=1.0)
-    noise_multiplier: float = doc("client: noise std on the summed updates is noise_multiplier * clip", default=1.0)
+                    "the average, accounted over rounds) | sample (DP-SGD inside each client through Opacus, "
+                    "accounted per client over its steps)", default="none")
+    clip: float = doc("client: L2 norm each client's update is clipped to (the start of adaptive clipping); "
+                      "sample: L2 norm each example's gradient is clipped to", default=1.0)
+    noise_multiplier: float = doc("noise std is noise_multiplier * clip (client: on the summed updates; sample: on "
+                                  "each batch's summed gradients)", default=1.0)
     target_epsilon: float = doc("calibrate noise_multiplier so the whole run spends this epsilon (0 = use "
                                 "noise_multiplier as given)", default=0.0)
     delta: float = doc("the delta of (epsilon, delta)-DP", default=1e-5)
@@ -199,7 +201,7 @@ class DPConfig:
                              "/ 20, as Andrew et al.)", default=0.0)
 
     def check(self) -> None:
-        _choice("dp.mode", self.mode, ("none", "client"))
+        _choice("dp.mode", self.mode, ("none", "client", "sample"))
         if not self.clip > 0:
             raise UsageError(f"dp.clip = {self.clip}: must be > 0")
         if self.noise_multiplier < 0 or self.target_epsilon < 0 or self.count_noise < 0:
@@ -233,6 +235,11 @@ class Config:
                              f"({self.fl.clients_per_round})")
         if self.method.ffa and self.method.name != "lora":
             raise UsageError(f"method.ffa = true is a lora option; method.name = {self.method.name!r}")
+        if self.dp.mode == "sample" and self.fl.strategy == "fedprox":
+            raise UsageError("dp.mode = 'sample' with fl.strategy = 'fedprox': the proximal term's gradient is not "
+                             "per-example, so DP-SGD cannot account for it; use fedavg, fedavgm or fedadam")
+        if self.dp.mode == "sample" and self.dp.adaptive_clip:
+            raise UsageError("dp.adaptive_clip is for dp.mode = 'client'")
         if self.dp.mode != "none" and self.fl.mode != "federated":
             raise UsageError(f"dp.mode = {self.dp.mode!r} needs fl.mode = 'federated' (not {self.fl.mode!r})")
 

@@ -98,15 +98,17 @@ def lengths_for(data, cfg: TrainConfig) -> np.ndarray | None:
 
 
 def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State, data, indices: np.ndarray,
-                cfg: TrainConfig, seed: int) -> Update:
-    """Train from `start` on this client's examples; the model's frozen weights are shared and never change."""
+                cfg: TrainConfig, seed: int, private=None) -> Update:
+    """Train from `start` on this client's examples; the model's frozen weights are shared and never change.
+    With `private` (fl.privacy.SampleDP), DP-SGD: Opacus' per-sample gradients, clipping and noise."""
     load_state(params, start)
     if len(indices) == 0:
         return Update(read_state(params), 0, {"loss": float("nan")})
     torch.manual_seed(seed)  # dropout inside the model
     rng = np.random.default_rng(seed)
-    opt = make_optimizer(params, cfg)
+    opt = make_optimizer(params, cfg) if private is None else private.optimizer(params, cfg, seed)
+    model = model if private is None else private.module
     prox = (cfg.prox_mu, start) if cfg.prox_mu > 0 else None
     batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg))
     loss = train_batches(model, params, data, batches, opt, prox, cfg.precision)
-    return Update(read_state(params), len(indices), {"loss": loss})
+    return Update(read_state(params), len(indices), {"loss": loss, "steps": len(batches)})

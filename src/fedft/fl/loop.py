@@ -19,7 +19,7 @@ from fedft.fl.client import (State, TrainConfig, Update, client_seed, lengths_fo
                              make_optimizer, read_state, shuffled_batches, train_batches)
 from fedft.fl.availability import client_fates
 from fedft.fl.evaluate import evaluate
-from fedft.fl.privacy import ClientDP
+from fedft.fl.privacy import ClientDP, SampleDP
 from fedft.fl.strategies import Strategy
 
 
@@ -56,6 +56,7 @@ class Setup:
     strategy: Strategy
     tick: Callable[[], None] = field(default=lambda: None)  # called after each client's local training
     dp: ClientDP | None = None  # client-level differential privacy on the aggregate
+    sample_dp: SampleDP | None = None  # sample-level differential privacy inside each client
     parallel_clients: int = 1  # clients trained at once (cross-client batching); 1 = one after another
     precision: str = "fp32"  # "bf16": autocast forward passes
 
@@ -73,6 +74,15 @@ class Setup:
         """Local training of clients `cids` from `starts`: one after another, or parallel_clients at a time
         batched (the same updates up to float rounding)."""
         cfg, k, updates = self.train_config(), max(self.parallel_clients, 1), []
+        if self.sample_dp is not None:  # DP-SGD: one client at a time, each accounted for its own steps
+            for start, cid in zip(starts, cids):
+                idx = self.clients[cid]
+                updates.append(local_train(self.model, self.params, start, self.train, idx, cfg,
+                                           client_seed(self.fl.seed, rnd, cid), private=self.sample_dp))
+                if len(idx):
+                    self.sample_dp.record(cid, updates[-1].metrics["steps"], min(1.0, cfg.batch_size / len(idx)))
+                self.tick()
+            return updates
         i = 0
         while i < len(cids):
             chunk, seeds = cids[i: i + k], [client_seed(self.fl.seed, rnd, c) for c in cids[i: i + k]]
@@ -121,7 +131,8 @@ def federated(s: Setup) -> Iterator[Row]:
         acc, loss = s.evaluate() if s.eval_round(rnd) else (None, None)
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, len(down) * len(sampled), sampled,
                   time.perf_counter() - t0, len(sampled), len(updates), len(fates.failed), len(fates.late),
-                  aggregated, s.dp.epsilon(releases) if s.dp else None, dp_info)
+                  aggregated, s.dp.epsilon(releases) if s.dp else s.sample_dp.epsilon() if s.sample_dp else None,
+                  dp_info)
 
 
 def local_only(s: Setup) -> Iterator[Row]:

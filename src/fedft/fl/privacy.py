@@ -46,8 +46,9 @@ def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: flo
         return float(accountant.get_epsilon(delta))
 
 
-def calibrate(target_epsilon: float, delta: float, sample_rate: float, rounds: int) -> float:
-    """The noise multiplier with which `rounds` rounds spend (just under) target_epsilon."""
+def calibrate(target_epsilon: float, delta: float, sample_rate: float, rounds: int, unit: str = "rounds") -> float:
+    """The noise multiplier with which `rounds` releases (rounds, or a client's local steps) spend (just
+    under) target_epsilon."""
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
@@ -58,7 +59,7 @@ def calibrate(target_epsilon: float, delta: float, sample_rate: float, rounds: i
                                               epsilon_tolerance=0.005))
     except ValueError:
         need = epsilon(1e3, sample_rate, rounds, delta)
-        raise UsageError(f"dp.target_epsilon = {target_epsilon}: cannot be met in {rounds} rounds at sampling rate "
+        raise UsageError(f"dp.target_epsilon = {target_epsilon}: cannot be met in {rounds} {unit} at sampling rate "
                          f"{sample_rate:.3g} (even noise multiplier 1000 spends epsilon {need:.3g}); raise the "
                          f"target or lower fl.rounds or fl.clients_per_round") from None
 
@@ -108,3 +109,60 @@ class ClientDP:
         noisy = unclipped + float(torch.randn((), generator=self.generator, dtype=torch.float64)) * self.count_noise
         share = noisy / len(norms)
         return self.clip * math.exp(-self.cfg.clip_lr * (share - self.cfg.target_quantile))
+
+
+class SampleDP:
+    """Sample-level DP: DP-SGD inside each client through Opacus (per-sample gradients of the trainable
+    parameters only, each clipped to `clip`, Gaussian noise of std z * clip on their sum), and an RDP
+    accountant per client over the steps it took. Batches are the client's shuffled fixed-size batches,
+    accounted as if sampled at rate batch_size / client size (the usual approximation)."""
+
+    def __init__(self, cfg: DPConfig, model: torch.nn.Module, noise_multiplier: float) -> None:
+        from opacus import GradSampleModule
+
+        self.cfg, self.noise_multiplier = cfg, noise_multiplier
+        self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        # Opacus' hooks fire on frozen layers too, whose inputs need no gradient: expected, not a problem
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        self.history: dict[int, list[tuple[float, float, int]]] = {}  # client -> Opacus accountant history
+
+    def optimizer(self, params, cfg, seed: int):
+        from opacus.optimizers import DPOptimizer
+
+        inner = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return DPOptimizer(inner, noise_multiplier=self.noise_multiplier, max_grad_norm=self.cfg.clip,
+                           expected_batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(seed))
+
+    def record(self, client: int, steps: int, sample_rate: float) -> None:
+        self.history.setdefault(client, []).append((self.noise_multiplier, sample_rate, steps))
+
+    def epsilon(self) -> float:
+        """The largest epsilon any client has spent so far."""
+        from opacus.accountants import RDPAccountant
+
+        worst = 0.0
+        for history in self.history.values():
+            if self.noise_multiplier == 0:
+                return math.inf
+            acc = RDPAccountant()
+            acc.history = list(history)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                worst = max(worst, float(acc.get_epsilon(self.cfg.delta)))
+        return worst
+
+
+def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels: torch.Tensor) -> None:
+    """One backward pass: every trainable tensor must get per-sample gradients from Opacus, else name it."""
+    dp.module.train()
+    try:
+        torch.nn.functional.cross_entropy(dp.module(**inputs), labels).backward()
+        missing = [f"{n} (used outside its module's forward)" for n, p in params.items()
+                   if getattr(p, "grad_sample", None) is None]
+    except (TypeError, RuntimeError, NotImplementedError) as e:  # Opacus' fallback cannot call a module
+        missing = [f"this method's parameters ({type(e).__name__}: {str(e).splitlines()[0][:120]})"]
+    for p in params.values():
+        p.grad, p.grad_sample = None, None
+    if missing:
+        raise UsageError(f"dp.mode = 'sample': Opacus cannot compute per-sample gradients for {missing[0]}; use "
+                         f"method lora, bias, adapter, head or full, or dp.mode = 'client'")
