@@ -97,3 +97,12 @@ def test_bad_sweep_input_exits_2_and_writes_nothing(tiny, tmp_path, capsys, extr
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedft: error: ") and message in err and "\n" not in err, err
     assert not out.exists()
+
+
+def test_sweep_refuses_to_mix_another_experiment_into_a_cell(tiny, tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(sweep_args(tiny, out, "--grid", "method.name=head")) == 0
+    before = (out / "method.name-head__seed-0" / "results.json").read_text()
+    assert main(sweep_args(tiny, out, "--grid", "method.name=head", "--set", "fl.lr=0.5")) == 2
+    assert "holds a different experiment under the same name" in capsys.readouterr().err
+    assert (out / "method.name-head__seed-0" / "results.json").read_text() == before

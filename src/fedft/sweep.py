@@ -94,6 +94,7 @@ def run_sweep(cells_: list[Cell], out: Path, run: Callable[[Config, Path], Any],
     for i, cell in enumerate(cells_, start=1):
         d = out / cell.name
         dirs.append(d)
+        _check_same_experiment(d, cell)
         if _completed(d):
             log(f"[{i}/{len(cells_)}] {cell.name}: done earlier, skipped")
             continue
@@ -102,6 +103,17 @@ def run_sweep(cells_: list[Cell], out: Path, run: Callable[[Config, Path], Any],
         log(f"[{i}/{len(cells_)}] {cell.name}")
         run(cell.config, d)
     return dirs
+
+
+def _check_same_experiment(d: Path, cell: Cell) -> None:
+    """A folder from an earlier sweep must hold this very cell, not another experiment of the same name."""
+    try:
+        stored = json.loads((d / "results.json").read_text()).get("config")
+    except (OSError, json.JSONDecodeError):
+        return
+    if stored is not None and stored != json.loads(json.dumps(cell.config.to_dict())):
+        raise UsageError(f"{str(d)!r} holds a different experiment under the same name (another config file or "
+                         f"--set); sweep into another --out folder, or put the difference in a --grid")
 
 
 def _completed(d: Path) -> bool:

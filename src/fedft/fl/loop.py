@@ -115,6 +115,8 @@ def federated(s: Setup) -> Iterator[Row]:
         down = comm.encode(global_state, s.comm_dtype)
         start = comm.decode(down)  # what every sampled client receives
         fates = client_fates(s.fl, rnd, sampled, [len(c) for c in s.clients])  # who will not return: not trained
+        for _ in fates.failed + fates.late:
+            s.tick()
         updates, bytes_up = s.train_clients([start] * len(fates.returned), fates.returned, rnd), 0
         for update in updates:
             up = comm.encode(update.state, s.comm_dtype)
