@@ -153,7 +153,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     train, test, cache = _feature_cache(exp, log)
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
-                  precision=precision(fl, exp.model), dp=dp, sample_dp=sample_dp)
+                  precision=precision(fl, exp.model, sample_dp is not None), dp=dp, sample_dp=sample_dp)
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
@@ -220,6 +220,9 @@ def _feature_cache(exp: Experiment, log) -> tuple[object, object, dict | None]:
     return FeatureCache(exp.model, exp.train), FeatureCache(exp.model, exp.test), {"enabled": True, "bytes": need}
 
 
+NOISE_STREAM = 10 ** 6 + 6  # a tag no round number reaches: (seed, tag) never equals a client's (seed, round, 0)
+
+
 def client_dp(config: Config):
     """The server's DP-FedAvg for dp.mode = client (noise calibrated to dp.target_epsilon if set), else None."""
     from fedft.fl.privacy import ClientDP, calibrate
@@ -230,7 +233,7 @@ def client_dp(config: Config):
     rate = fl.clients_per_round / config.data.num_clients
     z = calibrate(config.dp.target_epsilon, config.dp.delta, rate, fl.rounds) if config.dp.target_epsilon \
         else config.dp.noise_multiplier
-    return ClientDP(config.dp, fl.clients_per_round, rate, z, client_seed(fl.seed, 6))
+    return ClientDP(config.dp, fl.clients_per_round, rate, z, client_seed(fl.seed, NOISE_STREAM))
 
 
 def sample_level_dp(config: Config, exp: Experiment):
@@ -263,10 +266,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def precision(fl, model: nn.Module) -> str:
-    """fl.precision with auto resolved: bf16 autocast on a GPU; fp32 on a CPU (bf16 was measured slower there)."""
+def precision(fl, model: nn.Module, sample_dp: bool = False) -> str:
+    """fl.precision with auto resolved: bf16 autocast on a GPU; fp32 on a CPU (bf16 was measured slower there)
+    and under sample-level DP (Opacus' per-sample gradients want one dtype)."""
     if fl.precision != "auto":
         return fl.precision
+    if sample_dp:
+        return "fp32"
     return "fp32" if next(model.parameters()).device.type == "cpu" else "bf16"
 
 

@@ -238,6 +238,9 @@ class Config:
         if self.dp.mode == "sample" and self.fl.strategy == "fedprox":
             raise UsageError("dp.mode = 'sample' with fl.strategy = 'fedprox': the proximal term's gradient is not "
                              "per-example, so DP-SGD cannot account for it; use fedavg, fedavgm or fedadam")
+        if self.dp.mode == "sample" and self.fl.precision == "bf16":
+            raise UsageError("dp.mode = 'sample' with fl.precision = 'bf16': Opacus' per-sample gradients need fp32; "
+                             "use fl.precision = 'auto' or 'fp32'")
         if self.dp.mode == "sample" and self.dp.adaptive_clip:
             raise UsageError("dp.adaptive_clip is for dp.mode = 'client'")
         if self.dp.mode != "none" and self.fl.mode != "federated":

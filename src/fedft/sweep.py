@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fedft.api import check_names
+from fedft.api import check_names, client_dp
 from fedft.config import Config, load_config, parse_override
 from fedft.errors import UsageError
 
@@ -41,13 +41,18 @@ def read_sweep(path: str | None) -> tuple[dict[str, list], int]:
         table = tomllib.loads(p.read_text()).get("sweep", {})
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    if not isinstance(table, dict):
+        raise UsageError("[sweep] must be a table with grid = { \"section.key\" = [values] } and repeat = N")
     grid = table.get("grid", {})
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise UsageError("[sweep] grid must be a table of \"section.key\" = [value, ...] (non-empty lists)")
     unknown = set(table) - {"grid", "repeat"}
     if unknown:
         raise UsageError(f"unknown key sweep.{sorted(unknown)[0]}; allowed in [sweep]: grid, repeat")
-    return dict(grid), int(table.get("repeat", 1))
+    repeat = table.get("repeat", 1)
+    if not isinstance(repeat, int) or isinstance(repeat, bool):
+        raise UsageError(f"sweep.repeat = {repeat!r}: must be an integer")
+    return dict(grid), repeat
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -83,7 +88,13 @@ def cells(path: str | None, sets: list[str], grid: dict[str, list], repeat: int)
             name = "__".join(f"{k}-{_slug(v)}" for k, v in zip(keys, values)) or "run"
             config = load_config(path, [*sets, *overrides])
             check_names(config)
+            client_dp(config)  # an unreachable epsilon target fails now, not in the middle of the sweep
             out.append(Cell(f"{name}__seed-{base_seed + r}", overrides, config))
+    names = [c.name for c in out]
+    twins = sorted({n for n in names if names.count(n) > 1})
+    if twins:
+        raise UsageError(f"two grid points share the folder name {twins[0]!r} (values that differ only in "
+                         f"punctuation); rename the data or model paths")
     return out
 
 

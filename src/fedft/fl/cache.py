@@ -65,11 +65,13 @@ class FeatureCache:
             order = np.argsort(self.data.lengths(), kind="stable") if hasattr(self.data, "lengths") \
                 else np.arange(len(self.data))
             out = None
-            for i in range(0, len(order), self.batch_size):
-                chunk = order[i: i + self.batch_size]
-                feats = self.model.features(**self.data.batch(chunk)[0]).float()
-                out = out if out is not None else feats.new_empty(len(self.data), feats.shape[1])
-                out[torch.from_numpy(chunk)] = feats
-            self.model.train(was_training)
+            try:
+                for i in range(0, len(order), self.batch_size):
+                    chunk = order[i: i + self.batch_size]
+                    feats = self.model.features(**self.data.batch(chunk)[0]).float()
+                    out = out if out is not None else feats.new_empty(len(self.data), feats.shape[1])
+                    out[torch.from_numpy(chunk)] = feats
+            finally:
+                self.model.train(was_training)
             self.features = out
         return self.features

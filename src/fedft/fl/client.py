@@ -108,7 +108,7 @@ def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State,
     rng = np.random.default_rng(seed)
     opt = make_optimizer(params, cfg) if private is None else private.optimizer(params, cfg, seed)
     model = model if private is None else private.module
-    prox = (cfg.prox_mu, start) if cfg.prox_mu > 0 else None
+    prox = (cfg.prox_mu, {k: v.to(params[k].device) for k, v in start.items()}) if cfg.prox_mu > 0 else None
     batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg))
     loss = train_batches(model, params, data, batches, opt, prox, cfg.precision)
     return Update(read_state(params), len(indices), {"loss": loss, "steps": len(batches)})

@@ -130,8 +130,10 @@ class SampleDP:
         from opacus.optimizers import DPOptimizer
 
         inner = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        device = next(iter(params.values())).device  # Opacus draws the noise on the parameters' device
         return DPOptimizer(inner, noise_multiplier=self.noise_multiplier, max_grad_norm=self.cfg.clip,
-                           expected_batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(seed))
+                           expected_batch_size=cfg.batch_size,
+                           generator=torch.Generator(device=device).manual_seed(seed))
 
     def record(self, client: int, steps: int, sample_rate: float) -> None:
         self.history.setdefault(client, []).append((self.noise_multiplier, sample_rate, steps))
