@@ -160,10 +160,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
         "client_sizes": [len(c) for c in exp.clients], "feature_cache": cache, "rounds": [], "final": None,
-        "dp": {"mode": "client", "noise_multiplier": dp.noise_multiplier, "update_noise_multiplier": dp.update_noise,
-               "sample_rate": dp.sample_rate, "delta": config.dp.delta, "planned_epsilon": dp.epsilon(fl.rounds)}
-        if dp is not None else {"mode": "sample", "noise_multiplier": sample_dp.noise_multiplier, "clip": config.dp.clip,
-                                "delta": config.dp.delta} if sample_dp is not None else None,
+        "dp": dp.describe(fl.rounds) if dp is not None else sample_dp.describe() if sample_dp is not None else None,
     }
     final = {"trainable_params": trainable, "total_params": count_parameters(exp.model),
              "payload_bytes": payload}

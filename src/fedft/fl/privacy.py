@@ -83,6 +83,12 @@ class ClientDP:
             self.update_noise = noise_multiplier
         self.generator = torch.Generator().manual_seed(seed)
 
+    def describe(self, rounds: int) -> dict:
+        """What results.json says of this DP: the noise and the epsilon the whole run will spend."""
+        return {"mode": "client", "noise_multiplier": self.noise_multiplier,
+                "update_noise_multiplier": self.update_noise, "sample_rate": self.sample_rate,
+                "delta": self.cfg.delta, "planned_epsilon": self.epsilon(rounds)}
+
     def epsilon(self, releases: int) -> float:
         """Epsilon spent after `releases` noised averages."""
         return epsilon(self.noise_multiplier, self.sample_rate, releases, self.cfg.delta)
@@ -134,6 +140,10 @@ class SampleDP:
         return DPOptimizer(inner, noise_multiplier=self.noise_multiplier, max_grad_norm=self.cfg.clip,
                            expected_batch_size=cfg.batch_size,
                            generator=torch.Generator(device=device).manual_seed(seed))
+
+    def describe(self) -> dict:
+        return {"mode": "sample", "noise_multiplier": self.noise_multiplier, "clip": self.cfg.clip,
+                "delta": self.cfg.delta}
 
     def record(self, client: int, steps: int, sample_rate: float) -> None:
         self.history.setdefault(client, []).append((self.noise_multiplier, sample_rate, steps))
