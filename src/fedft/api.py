@@ -39,6 +39,7 @@ class Experiment:
     classes: list[str]
     clients: list[np.ndarray]
     model_source: str
+    proxy: object = None  # fedft.proxy.ProxyRun when clients train a sub-model (proxy.kind = fedpft | fedot)
 
     @property
     def lr(self) -> float:
@@ -53,10 +54,12 @@ class Result:
     out_dir: Path | None
 
 
-def build_model(config: Config, classes: list[str]) -> tuple[nn.Module, Method, Backbone]:
-    """Backbone + head with the method applied. Seeded, so the same config gives the same initial model."""
+def build_model(config: Config, classes: list[str], backbone: Backbone | None = None
+                ) -> tuple[nn.Module, Method, Backbone]:
+    """Backbone (loaded from model.name unless given) + head with the method applied. Seeded, so the same config
+    gives the same initial model."""
     method = METHODS.get(config.method.name, "method.name")(config.method)
-    backbone = load_backbone(config.model)
+    backbone = backbone or load_backbone(config.model)
     classifier = Classifier(backbone.model, len(classes), config.model.pooling, seed=config.fl.seed)
     if classifier.pooling == "pooler" and not (hasattr(backbone.model, "feature_dim")
                                                or getattr(backbone.model, "pooler", None) is not None
@@ -120,19 +123,45 @@ def check_names(config: Config) -> None:
                          f"nor a local Hugging Face model directory")
 
 
-def prepare(config: Config) -> Experiment:
+def prepare(config: Config, log: Callable[[str], None] | None = None) -> Experiment:
     """Load and check everything a run needs. All bad input fails here, before anything is written."""
     check_names(config)
     train_raw, test_raw = load_dataset(config.data)
     clients = partition(train_raw.labels, config.data, config.fl.seed)
+    device = resolve_device(config.fl.device)
+    if config.proxy.kind != "none":
+        return _prepare_proxy(config, train_raw, test_raw, clients, device, log)
     model, method, backbone = build_model(config, train_raw.classes)
     train = to_examples(train_raw, backbone, config)
     test = to_examples(test_raw, backbone, config)
     freeze_unused(model, test.batch([0, len(test) - 1])[0])
-    device = resolve_device(config.fl.device)
     model.to(device)
     return Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
                       train_raw.classes, clients, backbone.source)
+
+
+def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) -> Experiment:
+    """Clients train a sub-model of the full one: build (or load) and align it, apply the method to both, and map
+    each trained parameter of the sub-model onto the full model (refusing a method where that cannot be done)."""
+    from fedft.models.arch import transformer_layers
+    from fedft.proxy import ProxyRun, make_sub_backbone, param_map
+
+    backbone = load_backbone(config.model)
+    train = to_examples(train_raw, backbone, config).to(device)  # checks modality and sizes before distilling
+    test = to_examples(test_raw, backbone, config).to(device)
+    backbone.model.to(device)
+    sub, info, data = make_sub_backbone(config.proxy, backbone, config.fl.seed, config.model.max_length,
+                                        config.data.image_size, log)
+    full, method, _ = build_model(config, train_raw.classes, backbone)
+    model, _, _ = build_model(config, train_raw.classes, dataclasses.replace(backbone, model=sub))
+    for m in (full, model):
+        m.to(device)
+        freeze_unused(m, test.batch([0, len(test) - 1])[0])
+    params, full_params = trainable_parameters(model), trainable_parameters(full)
+    layer_list = next(n for n, mod in backbone.model.named_modules() if mod is transformer_layers(backbone.model))
+    mapping = param_map(params, full_params, info, layer_list, config.proxy.kind, config.method.name)
+    proxy = ProxyRun(config.proxy, info, full, full_params, mapping, backbone.model, sub, test, data, config.fl.seed)
+    return Experiment(config, model, method, params, train, test, train_raw.classes, clients, backbone.source, proxy)
 
 
 def run(config: Config, out_dir: str | Path | None = None, progress: bool = False,
@@ -141,7 +170,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     (default runs/<timestamp>). results.json is rewritten after every round, so an interrupted run keeps
     its finished rounds."""
     out = _check_out_dir(out_dir)
-    exp = prepare(config)
+    exp = prepare(config, log)
     dp = client_dp(config)  # calibrating the noise may fail: before anything is written
     sample_dp = sample_level_dp(config, exp)
     out.mkdir(parents=True, exist_ok=True)
@@ -153,7 +182,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     train, test, cache = _feature_cache(exp, log)
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
-                  precision=precision(fl, exp.model, sample_dp is not None), dp=dp, sample_dp=sample_dp)
+                  precision=precision(fl, exp.model, sample_dp is not None), dp=dp, sample_dp=sample_dp,
+                  proxy=exp.proxy)
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
@@ -164,6 +194,9 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     }
     final = {"trainable_params": trainable, "total_params": count_parameters(exp.model),
              "payload_bytes": payload}
+    if exp.proxy is not None:
+        record["proxy"] = _proxy_record(exp)
+        final["full_model_params"] = count_parameters(exp.proxy.full)
     started, sent = time.perf_counter(), 0
     try:
         for row in MODES[fl.mode](setup):
@@ -178,6 +211,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                 test += f"  epsilon {row.epsilon:.3g}"
             (log or (lambda line: None))(f"round {row.round:>3}/{fl.rounds}  train loss {row.train_loss:.4f}{test}"
                                          f"  sent {sent / 1e6:.2f} MB  {row.seconds:.1f} s")
+            if exp.proxy is not None:
+                record["proxy"]["alignments"] = exp.proxy.alignments
             write_json(out / "results.json", _finite(record))
             write_csv(out / "rounds.csv", record["rounds"])
         last = [r for r in record["rounds"] if r["accuracy"] is not None][-1]
@@ -187,10 +222,15 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                      seconds=time.perf_counter() - started)
         if dp is not None or sample_dp is not None:
             final["epsilon"] = record["rounds"][-1]["epsilon"]
+        if exp.proxy is not None:
+            final["proxy_accuracy"] = last["proxy_accuracy"]
         record["final"] = final
         meta = {"model": config.model.name, "model_source": exp.model_source, "classes": exp.classes,
                 "pooling": config.model.pooling, "image_size": config.data.image_size}
-        record["exported"] = exp.method.export(exp.model, out, meta)
+        if exp.proxy is not None:  # what the server keeps: the trained parameters plugged into the full model
+            exp.proxy.plug(exp.params)
+            meta["proxy"] = config.proxy.kind
+        record["exported"] = exp.method.export(exp.proxy.full if exp.proxy is not None else exp.model, out, meta)
         plot_curves(out / "curves.png", record["rounds"], f"{config.method.name} / {fl.mode}")
         record["status"] = "completed"
     except BaseException as e:
@@ -202,13 +242,23 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     return Result(record["config"], record["rounds"], final, out)
 
 
+def _proxy_record(exp: Experiment) -> dict:
+    """What results.json says about the sub-model: where it came from, its size, its alignment."""
+    info = exp.proxy.info
+    return {"kind": info.kind, "layer_map": info.layer_map, "compressed_layers": sorted(info.neurons),
+            "ffn_neurons": len(next(iter(info.neurons.values()))) if info.neurons else info.ffn_width,
+            "ffn_width": info.ffn_width, "full_layer_params": info.full_params, "sub_layer_params": info.sub_params,
+            "client_model_params": count_parameters(exp.model), "full_model_params": count_parameters(exp.proxy.full),
+            "distill": info.distill, "alignments": []}
+
+
 def _feature_cache(exp: Experiment, log) -> tuple[object, object, dict | None]:
     """(train, test) as cached frozen features where only the head trains and the cache fits fl.cache_mb;
     and what results.json says about it."""
     from fedft.fl.cache import FeatureCache, cacheable, feature_bytes
 
     fl = exp.config.fl
-    if not (fl.feature_cache and cacheable(exp.model)):
+    if not (fl.feature_cache and cacheable(exp.model)) or exp.proxy is not None:
         return exp.train, exp.test, None
     need = feature_bytes(exp.model, len(exp.train) + len(exp.test))
     if need > fl.cache_mb * 2 ** 20:

@@ -37,6 +37,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run folders, or folders of runs")
     p.add_argument("--out", help="where to write (default: the one folder given)")
 
+    p = sub.add_parser("proxy", help="FedPFT sub-models: `fedft proxy build` makes one (see proxy.* in `fedft config`)")
+    proxy = p.add_subparsers(dest="proxy_command", required=True)
+    p = proxy.add_parser("build", help="build a sub-model of a model (compressed FFNs, distilled), save it as a folder")
+    _config_args(p)
+    p.add_argument("--model", help="the full model (same as --set model.name=...; default minilm)")
+    p.add_argument("--kind", choices=("fedpft", "fedot"), default=None,
+                   help="fedpft: compress the FFNs by saliency and distil (default); fedot: drop layers")
+    p.add_argument("--keep-layers", metavar="I,J,...", help="layers kept whole (default 0,-1: the first and last)")
+    p.add_argument("--ffn-neurons", type=int, metavar="K", help="FFN neurons kept in the other layers "
+                   "(default a quarter of the FFN width)")
+    p.add_argument("--drop-layers", metavar="I,J,...", help="fedot: layers removed (default every second other one)")
+    p.add_argument("--distill-data", help="unlabelled data for the alignment (default auto)")
+    p.add_argument("--distill-steps", type=int, metavar="N", help="layer-level distillation steps (default 200)")
+    p.add_argument("--out", help="folder to write (default proxies/<model>-<kind>-k<K>)")
+
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -172,7 +187,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config,
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from fedft.proxy import build
+
+    if args.ffn_neurons is not None and args.ffn_neurons < 1:
+        raise UsageError(f"--ffn-neurons {args.ffn_neurons}: must be between 1 and the FFN width")
+    extra = [f"proxy.kind={_toml_str(args.kind or 'fedpft')}"]
+    for flag, key in (("keep_layers", "keep_layers"), ("drop_layers", "drop_layers")):
+        value = getattr(args, flag)
+        if value is not None:
+            items = [v.strip() for v in value.split(",") if v.strip()]
+            if not all(v.lstrip("-").isdigit() for v in items):
+                raise UsageError(f"--{flag.replace('_', '-')} {value!r}: must be layer numbers, e.g. 0,11")
+            extra.append(f"proxy.{key}=[{','.join(items)}]")
+    if args.ffn_neurons is not None:
+        extra.append(f"proxy.ffn_neurons={args.ffn_neurons}")
+    if args.distill_data is not None:
+        extra.append(f"proxy.distill_data={_toml_str(args.distill_data)}")
+    if args.distill_steps is not None:
+        extra.append(f"proxy.distill_steps={args.distill_steps}")
+    if args.model:
+        extra.append(f"model.name={_toml_str(args.model)}")
+    config = _load(args, extra)
+    k = config.proxy.ffn_neurons or "auto"
+    out = Path(args.out or Path("proxies") / f"{Path(config.model.name).name}-{config.proxy.kind}-k{k}")
+    folder, info = build(config, out, log=tqdm.write)
+    print(f"transformer layers: full model {info.full_params:,} parameters, sub-model {info.sub_params:,} "
+          f"({100 * info.sub_params / info.full_params:.1f}%); "
+          + (f"FFNs of layers {sorted(info.neurons)} cut to {len(next(iter(info.neurons.values())))} of "
+             f"{info.ffn_width} neurons" if info.neurons else f"kept layers {info.layer_map}"))
+    print(f"saved to {folder}; use it with --set proxy.path={_toml_str(str(folder))} --set proxy.kind={info.kind}")
+    return 0
+
+
+COMMANDS = {"proxy": cmd_proxy, "run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config,
             "sweep": cmd_sweep, "report": cmd_report}
 
 

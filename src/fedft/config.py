@@ -216,6 +216,45 @@ class DPConfig:
 
 
 @dataclass
+class ProxyConfig:
+    kind: str = doc("clients train a smaller proxy of the model: none | fedpft (compressed FFNs, aligned to the "
+                    "full model by distillation) | fedot (layers dropped, no alignment: the offsite-tuning "
+                    "baseline); the server plugs what they learn into the full model to evaluate", default="none")
+    path: str = doc("a sub-model folder made by `fedft proxy build` ('' = build it at the start of the run from "
+                    "the settings below)", default="")
+    keep_layers: list[int] = doc("layers kept whole (negative counts from the end)", default_factory=lambda: [0, -1])
+    ffn_neurons: int = doc("fedpft: FFN neurons kept in every other layer, by saliency (0 = a quarter of the "
+                           "FFN width)", default=0)
+    drop_layers: list[int] = doc("fedot: layers removed ([] = every second layer not in keep_layers)",
+                                 default_factory=list)
+    distill_data: str = doc("server-held unlabelled data for alignment: auto (text: wordnet-verbs, images: "
+                            "digits) | wordnet-verbs | digits | fashion-mnist | file:PATH (one text per line)",
+                            default="auto")
+    distill_steps: int = doc("fedpft: layer-level distillation steps before FL (0 = none)", default=200)
+    distill_lr: float = doc("fedpft: learning rate (AdamW) of both distillations", default=1e-3)
+    distill_batch: int = doc("fedpft: distillation batch size", default=32)
+    align_every: int = doc("fedpft: neuron-level alignment every this many rounds (0 = never)", default=5)
+    align_keep: float = doc("fedpft: share of each compressed FFN's neurons kept frozen (the most active) when "
+                            "re-distilling", default=0.5)
+    align_steps: int = doc("fedpft: distillation steps of each neuron-level alignment", default=50)
+    align_stat: str = doc("fedpft: per-neuron activity the clients report: mean_abs (mean |activation|) | "
+                          "zero_share (share of activations at zero, as published)", default="mean_abs")
+
+    def check(self) -> None:
+        _choice("proxy.kind", self.kind, ("none", "fedpft", "fedot"))
+        _choice("proxy.align_stat", self.align_stat, ("mean_abs", "zero_share"))
+        _at_least("proxy.ffn_neurons", self.ffn_neurons, 0)
+        _at_least("proxy.distill_steps", self.distill_steps, 0)
+        _at_least("proxy.distill_batch", self.distill_batch, 1)
+        _at_least("proxy.align_every", self.align_every, 0)
+        _at_least("proxy.align_steps", self.align_steps, 0)
+        if not self.distill_lr > 0:
+            raise UsageError(f"proxy.distill_lr = {self.distill_lr}: must be > 0")
+        if not 0 <= self.align_keep <= 1:
+            raise UsageError(f"proxy.align_keep = {self.align_keep}: must be a share in [0, 1]")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -223,6 +262,7 @@ class Config:
     fl: FLConfig = field(default_factory=FLConfig)
     comm: CommConfig = field(default_factory=CommConfig)
     dp: DPConfig = field(default_factory=DPConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
 
     def check(self) -> None:
         for section in SECTIONS:
@@ -270,7 +310,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "method": MethodConfig, "fl": FLConfig, "comm": CommConfig,
-    "dp": DPConfig,
+    "dp": DPConfig, "proxy": ProxyConfig,
 }
 
 
@@ -336,10 +376,15 @@ def _build(section: str, typ: type, values: dict[str, Any]) -> Any:
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     if origin in (list, types.GenericAlias) or typ is list:
+        item = (typing.get_args(typ) or (str,))[0]
+        if isinstance(value, int) and not isinstance(value, bool) and item is int:  # --set proxy.keep_layers=0
+            value = [value]
         if isinstance(value, str):  # --set method.targets=query,value
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise UsageError(f"{key} = {value!r}: must be a list of strings")
+            if item is int:
+                value = [int(v) if re.fullmatch(r"-?\d+", v) else v for v in value]
+        if not isinstance(value, list) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise UsageError(f"{key} = {value!r}: must be a list of {'integers' if item is int else 'strings'}")
         return value
     if typ is bool:
         if isinstance(value, bool):

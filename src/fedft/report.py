@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 ROUND_COLUMNS = ["round", "accuracy", "loss", "train_loss", "bytes_up", "bytes_down", "clients", "seconds", "sampled",
-                 "returned", "dropped", "late", "aggregated", "epsilon"]
+                 "returned", "dropped", "late", "aggregated", "epsilon", "proxy_accuracy"]
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -50,7 +50,7 @@ def write_csv(path: Path, rounds: list[dict]) -> None:
             w = csv.writer(f)
             w.writerow(ROUND_COLUMNS)
             for r in rounds:
-                w.writerow(["" if r[c] is None else (len(r[c]) if c == "clients" else r[c]) for c in ROUND_COLUMNS])
+                w.writerow(["" if r.get(c) is None else (len(r[c]) if c == "clients" else r[c]) for c in ROUND_COLUMNS])
 
     atomic_write(path, write)
 

@@ -21,6 +21,7 @@ from fedft.fl.availability import client_fates
 from fedft.fl.evaluate import evaluate
 from fedft.fl.privacy import ClientDP, SampleDP
 from fedft.fl.strategies import Strategy
+from fedft.proxy import ProxyRun
 
 
 @dataclass
@@ -40,6 +41,8 @@ class Row:
     aggregated: bool = True  # False: fewer than fl.min_clients returned, the global model was kept
     epsilon: float | None = None  # client-level DP: spent so far
     dp: dict | None = None  # client-level DP: clip, noise std, how many updates were clipped
+    proxy_accuracy: float | None = None  # proxy runs (FedPFT/FedOT): the sub-model's own test accuracy; `accuracy`
+    proxy_loss: float | None = None  # is the full model's, with the aggregated parameters plugged in
 
 
 @dataclass
@@ -59,9 +62,18 @@ class Setup:
     sample_dp: SampleDP | None = None  # sample-level differential privacy inside each client
     parallel_clients: int = 1  # clients trained at once (cross-client batching); 1 = one after another
     precision: str = "fp32"  # "bf16": autocast forward passes
+    proxy: ProxyRun | None = None  # clients train a sub-model; evaluation plugs their parameters into the full one
 
     def evaluate(self) -> tuple[float, float]:
+        """Test accuracy and loss of the global model (with a proxy: of the full model it is plugged into)."""
+        if self.proxy is not None:
+            self.proxy.plug(self.params)
+            return evaluate(self.proxy.full, self.proxy.test, precision=self.precision)
         return evaluate(self.model, self.test, precision=self.precision)
+
+    def evaluate_proxy(self) -> tuple[float | None, float | None]:
+        """The sub-model's own test accuracy and loss (None without a proxy)."""
+        return evaluate(self.model, self.test, precision=self.precision) if self.proxy is not None else (None, None)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(self.fl.local_epochs, self.fl.batch_size, self.lr, self.fl.weight_decay,
@@ -105,7 +117,7 @@ class Setup:
 
 def federated(s: Setup) -> Iterator[Row]:
     """Sample clients -> send the global trainable state -> local training on the clients that return ->
-    aggregate (with DP if set) -> evaluate."""
+    aggregate (with DP if set) -> (proxy runs: align the sub-model) -> evaluate."""
     sampler = np.random.default_rng(client_seed(s.fl.seed, 1))
     global_state = read_state(s.params)
     releases = 0
@@ -114,6 +126,7 @@ def federated(s: Setup) -> Iterator[Row]:
         sampled = sorted(sampler.choice(len(s.clients), s.fl.clients_per_round, replace=False).tolist())
         down = comm.encode(global_state, s.comm_dtype)
         start = comm.decode(down)  # what every sampled client receives
+        bytes_down = len(down) * len(sampled) + (s.proxy.owed(sampled) if s.proxy else 0)  # + re-aligned FFNs
         fates = client_fates(s.fl, rnd, sampled, [len(c) for c in s.clients])  # who will not return: not trained
         for _ in fates.failed + fates.late:
             s.tick()
@@ -122,6 +135,11 @@ def federated(s: Setup) -> Iterator[Row]:
             up = comm.encode(update.state, s.comm_dtype)
             bytes_up += len(up)
             update.state = comm.decode(up)  # the server sees exactly what was sent
+        stats = None
+        if s.proxy is not None and s.proxy.due(rnd) and updates:  # clients report their sub-FFNs' activity
+            stats = s.proxy.gather(s.model, s.params, updates, [s.clients[c] for c in fates.returned], s.train,
+                                   s.fl.batch_size)
+            bytes_up += stats.nbytes() * len(updates)
         aggregated, dp_info = len(updates) >= s.fl.min_clients, None
         if aggregated and s.dp is not None:
             mean, dp_info = s.dp.private_mean(start, [u.state for u in updates])
@@ -130,11 +148,15 @@ def federated(s: Setup) -> Iterator[Row]:
         elif aggregated:
             global_state = s.strategy.aggregate(start, updates)  # against what the clients started from
         load_state(s.params, global_state)
+        if stats is not None:  # neuron-level alignment against the full model (with the new global plugged in)
+            s.proxy.plug(s.params)
+            s.proxy.align(stats, rnd)
         acc, loss = s.evaluate() if s.eval_round(rnd) else (None, None)
-        yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, len(down) * len(sampled), sampled,
+        sub_acc, sub_loss = s.evaluate_proxy() if s.eval_round(rnd) else (None, None)
+        yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, bytes_down, sampled,
                   time.perf_counter() - t0, len(sampled), len(updates), len(fates.failed), len(fates.late),
                   aggregated, s.dp.epsilon(releases) if s.dp else s.sample_dp.epsilon() if s.sample_dp else None,
-                  dp_info)
+                  dp_info, sub_acc, sub_loss)
 
 
 def local_only(s: Setup) -> Iterator[Row]:

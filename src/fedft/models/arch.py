@@ -33,6 +33,17 @@ ADAPTER_AFTER: dict[str, list[str]] = {
     "clip_vision_model": [r"self_attn\.out_proj$", r"mlp\.fc2$"],
 }
 
+# The feed-forward block of a transformer layer: (W_in, W_out) as module names inside one layer. W_in maps
+# hidden -> d_ff neurons (a Linear with weight (d_ff, H)), W_out maps them back (weight (H, d_ff)).
+FFN_MODULES: dict[str, tuple[str, str]] = {
+    "bert": ("intermediate.dense", "output.dense"),
+    "roberta": ("intermediate.dense", "output.dense"),
+    "xlm-roberta": ("intermediate.dense", "output.dense"),
+    "electra": ("intermediate.dense", "output.dense"),
+    "vit": ("mlp.fc1", "mlp.fc2"),
+    "dinov2": ("mlp.fc1", "mlp.fc2"),
+}
+
 
 def lookup(table: dict[str, list[str]], model_type: str, what: str) -> list[str]:
     from fedft.errors import UsageError
