@@ -20,18 +20,13 @@ Writes DIR/table.md and DIR/table.csv (default benchmarks/out/fedpft).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-import fedft
-from fedft.config import load_config
-
 sys.path.insert(0, str(Path(__file__).parent))
-from tables import write_tables  # noqa: E402
+from tables import run_variant, write_tables  # noqa: E402
 
 VARIANTS = {
     "full-fm": [],
@@ -51,20 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for name in args.variants.split(","):
-        run_dir = out / name
-        done = run_dir / "results.json"
-        if not (done.exists() and json.loads(done.read_text()).get("status") == "completed"):
-            if run_dir.exists():
-                for f in sorted(run_dir.rglob("*"), reverse=True):
-                    f.unlink() if f.is_file() else f.rmdir()
-                run_dir.rmdir()
-            sets = [s.replace("'", '"') for s in ["method.name='lora'", *VARIANTS[name], *args.set]]
-            t0 = time.time()
-            fedft.run(load_config(None, sets), run_dir, log=print)
-            print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
-        rows.append(row(name, json.loads(done.read_text())))
+    rows = [row(name, run_variant(out, name, ["method.name='lora'", *VARIANTS[name], *args.set]))
+            for name in args.variants.split(",")]
     write_tables(out, rows)
 
 

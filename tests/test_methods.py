@@ -20,6 +20,7 @@ OWN = {
     "lora": lambda n: "lora_" in n or "modules_to_save" in n,
     "adapter": lambda n: ".adapter." in n or n.startswith("head."),
     "prompt": lambda n: n.startswith(("prompt.", "head.")),
+    "layers": lambda n: "embeddings" not in n and "pre_layrnorm" not in n,  # inner full; per-client masks: test_layers
 }
 
 

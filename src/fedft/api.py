@@ -24,7 +24,7 @@ from fedft.fl.strategies import STRATEGIES
 from fedft.methods import METHODS, Method, trainable_parameters
 from fedft.methods.base import count_parameters, freeze_unused
 from fedft.models import Backbone, Classifier, load_backbone
-from fedft.report import plot_curves, write_csv, write_json
+from fedft.report import plot_curves, plot_selection, write_csv, write_json
 
 
 @dataclass
@@ -40,6 +40,7 @@ class Experiment:
     clients: list[np.ndarray]
     model_source: str
     proxy: object = None  # fedft.proxy.ProxyRun when clients train a sub-model (proxy.kind = fedpft | fedot)
+    selector: object = None  # fedft.methods.layers.LayerSelector under method layers
 
     @property
     def lr(self) -> float:
@@ -136,8 +137,13 @@ def prepare(config: Config, log: Callable[[str], None] | None = None) -> Experim
     test = to_examples(test_raw, backbone, config)
     freeze_unused(model, test.batch([0, len(test) - 1])[0])
     model.to(device)
+    selector = None
+    if config.method.name == "layers":
+        from fedft.methods.layers import LayerSelector
+
+        selector = LayerSelector(config.method, model, len(clients), config.fl.seed)
     return Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
-                      train_raw.classes, clients, backbone.source)
+                      train_raw.classes, clients, backbone.source, selector=selector)
 
 
 def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) -> Experiment:
@@ -183,7 +189,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
                   precision=precision(fl, exp.model, sample_dp is not None), dp=dp, sample_dp=sample_dp,
-                  proxy=exp.proxy)
+                  proxy=exp.proxy, selector=exp.selector)
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
@@ -192,6 +198,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         "client_sizes": [len(c) for c in exp.clients], "feature_cache": cache, "rounds": [], "final": None,
         "dp": dp.describe(fl.rounds) if dp is not None else sample_dp.describe() if sample_dp is not None else None,
     }
+    if exp.selector is not None:
+        record["layers"] = {"num_layers": exp.selector.num_layers, "budgets": exp.selector.budget.tolist()}
     final = {"trainable_params": trainable, "total_params": count_parameters(exp.model),
              "payload_bytes": payload}
     if exp.proxy is not None:
@@ -232,6 +240,9 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
             meta["proxy"] = config.proxy.kind
         record["exported"] = exp.method.export(exp.proxy.full if exp.proxy is not None else exp.model, out, meta)
         plot_curves(out / "curves.png", record["rounds"], f"{config.method.name} / {fl.mode}")
+        if exp.selector is not None:
+            plot_selection(out / "selection.png", record["rounds"], exp.selector.num_layers,
+                           f"layers ({config.method.select}): clients per layer and round")
         record["status"] = "completed"
     except BaseException as e:
         record["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}"

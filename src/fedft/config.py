@@ -75,7 +75,8 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = doc("tuning method: full | head | bias | lora | adapter | prompt", default="lora")
+    name: str = doc("tuning method: full | head | bias | lora | adapter | prompt | layers (selective layers)",
+                    default="lora")
     rank: int = doc("lora: rank r of the low-rank update", default=8)
     alpha: float = doc("lora: scaling alpha (update scaled by alpha / rank)", default=16.0)
     dropout: float = doc("lora: dropout on the LoRA input", default=0.0)
@@ -89,6 +90,19 @@ class MethodConfig:
                          default="random")
     ffa: bool = doc("lora: FFA-LoRA, train only B and keep A frozen at its random init (holds up better under DP)",
                     default=False)
+    inner: str = doc("layers: what a selected layer trains: full (all its parameters) | bias | lora", default="full")
+    budget: int = doc("layers: layers each client trains (when budget_max = 0)", default=2)
+    budget_min: int = doc("layers: heterogeneous budgets, each client's drawn once (seeded) from budget_min..budget_max",
+                          default=1)
+    budget_max: int = doc("layers: upper end of the heterogeneous budgets (0 = every client has method.budget)",
+                          default=0)
+    select: str = doc("layers: which layers: top | bottom | random | gradient (importance from the clients' "
+                      "gradients, masks chosen by the server with the consistency term)", default="gradient")
+    importance: str = doc("layers, gradient: per-layer score: gn (sum of squared gradient norms) | rgn (gn / "
+                          "||parameters||^2) | snr (gradient mean^2 / std over batches)", default="gn")
+    balance: float = doc("layers, gradient: lambda, weight of the consistency term (0 = each client's own top "
+                         "layers; importances are normalised to sum 1 per client)", default=0.0)
+    reselect_every: int = doc("layers: a client's layers are chosen again after this many rounds", default=1)
 
     def check(self) -> None:
         _at_least("method.rank", self.rank, 1)
@@ -99,6 +113,18 @@ class MethodConfig:
         _at_least("method.bottleneck", self.bottleneck, 1)
         _at_least("method.prompt_length", self.prompt_length, 1)
         _choice("method.head_init", self.head_init, ("random", "text"))
+        _choice("method.inner", self.inner, ("full", "bias", "lora"))
+        _choice("method.select", self.select, ("top", "bottom", "random", "gradient"))
+        _choice("method.importance", self.importance, ("gn", "rgn", "snr"))
+        _at_least("method.budget", self.budget, 1)
+        _at_least("method.budget_min", self.budget_min, 1)
+        _at_least("method.budget_max", self.budget_max, 0)
+        if self.budget_max and self.budget_max < self.budget_min:
+            raise UsageError(f"method.budget_max = {self.budget_max}: must be >= method.budget_min "
+                             f"({self.budget_min}), or 0 for one budget for all")
+        if not self.balance >= 0:
+            raise UsageError(f"method.balance = {self.balance}: must be >= 0")
+        _at_least("method.reselect_every", self.reselect_every, 1)
 
 
 @dataclass
@@ -283,6 +309,14 @@ class Config:
                              "use fl.precision = 'auto' or 'fp32'")
         if self.dp.mode == "sample" and self.dp.adaptive_clip:
             raise UsageError("dp.adaptive_clip is for dp.mode = 'client'")
+        if self.method.name == "layers" and self.fl.mode != "federated":
+            raise UsageError(f"method.name = 'layers' selects layers per client and round: it needs fl.mode = "
+                             f"'federated' (not {self.fl.mode!r})")
+        if self.method.name == "layers" and self.proxy.kind != "none":
+            raise UsageError("method.name = 'layers' with proxy.kind: not supported; choose one of the two")
+        if self.method.name == "layers" and self.dp.mode != "none":
+            raise UsageError("method.name = 'layers' with dp.mode: not supported (clients send different layers, "
+                             "which the DP accounting here does not cover); use dp.mode = 'none'")
         if self.dp.mode != "none" and self.fl.mode != "federated":
             raise UsageError(f"dp.mode = {self.dp.mode!r} needs fl.mode = 'federated' (not {self.fl.mode!r})")
 

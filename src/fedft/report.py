@@ -77,3 +77,35 @@ def plot_curves(path: Path, rounds: list[dict], title: str) -> None:
     fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
+
+
+def selection_counts(rounds: list[dict], num_layers: int):
+    """(layers, rounds): how many clients trained each layer in each round (method layers)."""
+    import numpy as np
+
+    counts = np.zeros((num_layers, len(rounds)), dtype=np.int64)
+    for j, r in enumerate(rounds):
+        for layers in (r.get("selection") or {}).values():
+            counts[layers, j] += 1
+    return counts
+
+
+def plot_selection(path: Path, rounds: list[dict], num_layers: int, title: str) -> None:
+    """Heat map of selection_counts: layer against round, colour = clients that trained the layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = selection_counts(rounds, num_layers)
+    fig, ax = plt.subplots(figsize=(max(5, 0.4 * len(rounds) + 2), max(3, 0.35 * num_layers + 1.5)))
+    im = ax.imshow(counts, aspect="auto", origin="lower", cmap="viridis",
+                   extent=(0.5, len(rounds) + 0.5, -0.5, num_layers - 0.5))
+    fig.colorbar(im, ax=ax, label="clients that trained the layer")
+    ax.set(xlabel="round", ylabel="layer", title=title)
+    ax.set_yticks(range(num_layers))
+    if len(rounds) <= 30:
+        ax.set_xticks(range(1, len(rounds) + 1))
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)

@@ -106,7 +106,21 @@ def write_summary(out: Path, records: list[dict]) -> list[str]:
                                  for c in shown if c != "accuracy_std") + " |"
     lines[1] = "|" + "---|" * (len(shown) - 1)
     atomic_write(out / "summary.md", lambda p: p.write_text("\n".join(lines) + "\n"))
-    return ["summary.csv", "summary.md", *plot_summary(out, keys, records, rows)]
+    return ["summary.csv", "summary.md", *plot_summary(out, keys, records, rows), *plot_selections(out, records)]
+
+
+def plot_selections(out: Path, records: list[dict]) -> list[str]:
+    """Method layers: a heat map of which layers the clients trained, per run (selection.png for one run,
+    selection-<run folder>.png for several)."""
+    from fedft.report import plot_selection
+
+    chosen = [r for r in records if r.get("layers")]
+    written = []
+    for r in chosen:
+        name = "selection.png" if len(records) == 1 else f"selection-{Path(r['_dir']).name}.png"
+        plot_selection(out / name, r["rounds"], r["layers"]["num_layers"], f"{Path(r['_dir']).name}: clients per layer")
+        written.append(name)
+    return written
 
 
 def plot_summary(out: Path, keys: list[str], records: list[dict], rows: list[dict]) -> list[str]:

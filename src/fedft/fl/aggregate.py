@@ -20,5 +20,15 @@ def weighted_average(states: list[State], weights: list[float]) -> State:
     return out
 
 
+def partial_average(current: State, states: list[State], weights: list[float]) -> State:
+    """Key by key, the weighted average over only the states that have the key; a key none has keeps its value
+    in `current` (the very tensor, so it stays bit-identical)."""
+    out = {}
+    for key, value in current.items():
+        having = [(s[key], w) for s, w in zip(states, weights) if key in s]
+        out[key] = weighted_average([{key: t} for t, _ in having], [w for _, w in having])[key] if having else value
+    return out
+
+
 def subtract(a: State, b: State) -> State:
     return {k: a[k] - b[k] for k in a}

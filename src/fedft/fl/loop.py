@@ -21,6 +21,7 @@ from fedft.fl.availability import client_fates
 from fedft.fl.evaluate import evaluate
 from fedft.fl.privacy import ClientDP, SampleDP
 from fedft.fl.strategies import Strategy
+from fedft.methods.layers import LayerSelector, client_importance
 from fedft.proxy import ProxyRun
 
 
@@ -43,6 +44,7 @@ class Row:
     dp: dict | None = None  # client-level DP: clip, noise std, how many updates were clipped
     proxy_accuracy: float | None = None  # proxy runs (FedPFT/FedOT): the sub-model's own test accuracy; `accuracy`
     proxy_loss: float | None = None  # is the full model's, with the aggregated parameters plugged in
+    selection: dict[str, list[int]] | None = None  # method layers: the layers each returned client trained
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Setup:
     parallel_clients: int = 1  # clients trained at once (cross-client batching); 1 = one after another
     precision: str = "fp32"  # "bf16": autocast forward passes
     proxy: ProxyRun | None = None  # clients train a sub-model; evaluation plugs their parameters into the full one
+    selector: LayerSelector | None = None  # method layers: which layers each client trains
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the global model (with a proxy: of the full model it is plugged into)."""
@@ -82,10 +85,17 @@ class Setup:
     def eval_round(self, rnd: int) -> bool:
         return rnd % self.fl.eval_every == 0 or rnd == self.fl.rounds
 
-    def train_clients(self, starts: list[State], cids: list[int], rnd: int) -> list[Update]:
+    def train_clients(self, starts: list[State], cids: list[int], rnd: int,
+                      trained: dict[int, list[str]] | None = None) -> list[Update]:
         """Local training of clients `cids` from `starts`: one after another, or parallel_clients at a time
-        batched (the same updates up to float rounding)."""
+        batched (the same updates up to float rounding). With `trained` (method layers), each client trains and
+        sends only the parameters named for it."""
         cfg, k, updates = self.train_config(), max(self.parallel_clients, 1), []
+        if trained is not None:
+            for start, cid in zip(starts, cids):
+                updates.append(self._train_subset(start, cid, rnd, trained[cid], cfg))
+                self.tick()
+            return updates
         if self.sample_dp is not None:  # DP-SGD: one client at a time, each accounted for its own steps
             for start, cid in zip(starts, cids):
                 idx = self.clients[cid]
@@ -115,6 +125,26 @@ class Setup:
         return updates
 
 
+    def _train_subset(self, start: State, cid: int, rnd: int, names: list[str], cfg: TrainConfig) -> Update:
+        """One client training only `names` (the rest frozen at the global state, so backward stops early)."""
+        load_state(self.params, start)
+        keep = set(names)
+        for name, p in self.params.items():
+            p.requires_grad_(name in keep)
+        try:
+            return local_train(self.model, {n: self.params[n] for n in names}, {n: start[n] for n in names},
+                               self.train, self.clients[cid], cfg, client_seed(self.fl.seed, rnd, cid))
+        finally:
+            for p in self.params.values():
+                p.requires_grad_(True)
+
+    def importance(self, start: State, cid: int) -> np.ndarray:
+        """Method layers, gradient strategy: one client's per-layer importance under the global state."""
+        sel = self.selector
+        return client_importance(self.model, self.params, start, sel.layer_of, sel.num_layers, self.train,
+                                 self.clients[cid], self.fl.batch_size, sel.cfg.importance)
+
+
 def federated(s: Setup) -> Iterator[Row]:
     """Sample clients -> send the global trainable state -> local training on the clients that return ->
     aggregate (with DP if set) -> (proxy runs: align the sub-model) -> evaluate."""
@@ -130,7 +160,10 @@ def federated(s: Setup) -> Iterator[Row]:
         fates = client_fates(s.fl, rnd, sampled, [len(c) for c in s.clients])  # who will not return: not trained
         for _ in fates.failed + fates.late:
             s.tick()
-        updates, bytes_up = s.train_clients([start] * len(fates.returned), fates.returned, rnd), 0
+        trained, bytes_up = None, 0
+        if s.selector is not None:  # method layers: each client's layers (importance reports count as sent)
+            trained, bytes_up = s.selector.choose(rnd, fates.returned, lambda cid: s.importance(start, cid))
+        updates = s.train_clients([start] * len(fates.returned), fates.returned, rnd, trained)
         for update in updates:
             up = comm.encode(update.state, s.comm_dtype)
             bytes_up += len(up)
@@ -156,7 +189,7 @@ def federated(s: Setup) -> Iterator[Row]:
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, bytes_down, sampled,
                   time.perf_counter() - t0, len(sampled), len(updates), len(fates.failed), len(fates.late),
                   aggregated, s.dp.epsilon(releases) if s.dp else s.sample_dp.epsilon() if s.sample_dp else None,
-                  dp_info, sub_acc, sub_loss)
+                  dp_info, sub_acc, sub_loss, s.selector.selection(fates.returned) if s.selector else None)
 
 
 def local_only(s: Setup) -> Iterator[Row]:

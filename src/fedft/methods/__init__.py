@@ -3,4 +3,4 @@
 A method is one file that registers itself; the federated loop never asks which method it runs.
 """
 from fedft.methods.base import METHODS, Method, trainable_parameters  # noqa: F401
-from fedft.methods import adapter, bias, full, head, lora, prompt  # noqa: F401  (registration)
+from fedft.methods import adapter, bias, full, head, layers, lora, prompt  # noqa: F401  (registration)
