@@ -72,8 +72,9 @@ def test_full_width_sub_model_equals_the_full_model(name):
         assert torch.allclose(sub(**x).last_hidden_state, full(**x).last_hidden_state, atol=1e-6)
 
 
-def test_saved_sub_model_loads_back_identical(tmp_path):
-    full = tiny_model("bert")
+@pytest.mark.parametrize("name", ["bert", "vit", "dinov2"])
+def test_saved_sub_model_loads_back_identical(tmp_path, name):
+    full = tiny_model(name)
     sub, info = build_sub_fm(full, "fedpft", keep_layers=[0], ffn_neurons=8)
     save_proxy(sub, info, tmp_path / "p")
     loaded, info2 = load_proxy(tmp_path / "p")
@@ -81,19 +82,32 @@ def test_saved_sub_model_loads_back_identical(tmp_path):
     x = inputs_for(full)
     with torch.no_grad():
         assert torch.equal(loaded(**x).last_hidden_state, sub(**x).last_hidden_state)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "proxy.json").write_text("{}")
+    with pytest.raises(UsageError, match="not a valid sub-model description"):
+        load_proxy(tmp_path / "bad")
     with pytest.raises(UsageError, match="already exists"):
         save_proxy(sub, info, tmp_path / "p")
 
 
-def test_fedot_drops_layers_and_maps_the_rest():
+def test_fedot_drops_layers_and_maps_the_rest(proxied):
     full = tiny_model("bert")
     sub, info = build_sub_fm(full, "fedot", keep_layers=[1], drop_layers=[0])
     assert info.layer_map == [1] and len(transformer_layers(sub)) == 1 and sub.config.num_hidden_layers == 1
-    sub_p = {"backbone.encoder.layer.0.attention.self.query.weight": torch.zeros(32, 32)}
-    full_p = {"backbone.encoder.layer.0.attention.self.query.weight": torch.zeros(32, 32),
-              "backbone.encoder.layer.1.attention.self.query.weight": torch.zeros(32, 32)}
-    assert param_map(sub_p, full_p, info, "encoder.layer", "fedot", "x") == {
-        "backbone.encoder.layer.0.attention.self.query.weight": "backbone.encoder.layer.1.attention.self.query.weight"}
+    exp = prepare(proxied(**{"proxy.kind": "fedot", "proxy.keep_layers": [1], "proxy.drop_layers": [0],
+                             "proxy.ffn_neurons": 0}))
+    lora = {k: v for k, v in exp.proxy.mapping.items() if "lora_" in k}
+    assert lora and all(".layer.0." in k and v == k.replace(".layer.0.", ".layer.1.") for k, v in lora.items())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in exp.params.values():
+            p.add_(torch.randn_like(p))
+    exp.proxy.plug(exp.params)
+    hidden = torch.randn(2, 5, 32)
+    sub_attn = transformer_layers(exp.proxy.student)[0].attention.eval()
+    full_attn = transformer_layers(exp.proxy.teacher)[1].attention.eval()
+    with torch.no_grad():
+        assert torch.equal(sub_attn(hidden)[0], full_attn(hidden)[0])  # sub layer 0 is full layer 1, LoRA and all
 
 
 class Tokens:
@@ -116,12 +130,14 @@ def test_distillation_lowers_the_alignment_loss():
             for lin in ffn_pair(layer, "bert"):
                 lin.weight.mul_(20)
     student, info = build_sub_fm(full, "fedpft", keep_layers=[0], ffn_neurons=8)
+    for p in student.parameters():
+        p.requires_grad_(False)  # as in a run: the backbone is frozen; distillation must leave it so
     flags = [p.requires_grad for p in student.parameters()]
     frozen = {n: p.detach().clone() for n, p in student.named_parameters()
               if not n.startswith(("encoder.layer.1.intermediate.dense", "encoder.layer.1.output.dense"))}
     result = distill(full, student, info, Tokens(), steps=60, lr=1e-3, batch_size=32, seed=0)
     assert result["loss_after"] < 0.9 * result["loss_before"]
-    assert [p.requires_grad for p in student.parameters()] == flags  # as they were
+    assert [p.requires_grad for p in student.parameters()] == flags and not any(flags)  # as they were
     assert all(torch.equal(p, frozen[n]) for n, p in student.named_parameters() if n in frozen)  # only the FFN moved
 
 
@@ -170,34 +186,39 @@ def test_neuron_alignment_moves_only_the_unfrozen_neurons(proxied):
     assert int(frozen[1].sum()) == 4 and bool((direct[frozen[1]].min() >= direct[~frozen[1]].max()))
     w_in = ffn_pair(transformer_layers(proxy.student)[1], "bert")[0]
     before_in, before_out = w_in.weight.detach().clone(), w_out.weight.detach().clone()
-    before_bias = w_out.bias.detach().clone()
+    before_bias, before_in_bias = w_out.bias.detach().clone(), w_in.bias.detach().clone()
     distill(proxy.teacher, proxy.student, proxy.info, proxy.data, 10, 1e-2, 16, 0,
             masks=neuron_masks(proxy.student, proxy.info, frozen))
     keep = frozen[1]
     assert torch.equal(w_in.weight[keep], before_in[keep]) and torch.equal(w_out.weight[:, keep], before_out[:, keep])
-    assert torch.equal(w_out.bias, before_bias)
+    assert torch.equal(w_out.bias, before_bias) and torch.equal(w_in.bias[keep], before_in_bias[keep])
     assert not torch.equal(w_in.weight[~keep], before_in[~keep])
 
 
 def test_proxy_run_reports_full_and_sub_accuracy_and_counts_alignment_bytes(proxied, tmp_path):
-    config = proxied(**{"proxy.distill_steps": 5, "proxy.align_every": 2, "proxy.align_steps": 3})
+    config = proxied(**{"proxy.distill_steps": 5, "proxy.align_every": 2, "proxy.align_steps": 3, "fl.rounds": 3})
     result = run(config, tmp_path / "run")
     record = json.loads((tmp_path / "run" / "results.json").read_text())
-    r1, r2 = record["rounds"]
-    assert r1["proxy_accuracy"] is not None and r2["proxy_accuracy"] is not None
+    r1, r2, r3 = record["rounds"]
+    assert all(r["proxy_accuracy"] is not None for r in (r1, r2, r3))
     assert record["proxy"]["distill"]["steps"] == 5 and len(record["proxy"]["alignments"]) == 1
     stats_bytes = 8 * 8 + 8  # 8 neurons x (|a| sum, zeros) per compressed layer, + a count
     assert r2["bytes_up"] - r1["bytes_up"] == stats_bytes * r2["returned"]
     assert r1["bytes_down"] == r2["bytes_down"]  # the new FFN weights are owed from round 3 on
+    exp = prepare(config)
+    ffn = exp.proxy.ffn_bytes()
+    fresh = [c for c in r3["clients"]]  # every client sampled in round 3 is behind the round-2 alignment
+    assert r3["bytes_down"] - r1["bytes_down"] == ffn * len(fresh)
     assert result.final["full_model_params"] > result.final["total_params"]
-    # the reported accuracy is the full model's with the final parameters (exported in PEFT's format) plugged in
+    # the reported figures are the full model's with the final parameters (exported in PEFT's format) plugged in
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    exp = prepare(config)
     state = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
     set_peft_model_state_dict(exp.proxy.full, state)
-    assert evaluate(exp.proxy.full, exp.proxy.test)[0] == pytest.approx(record["final"]["accuracy"])
+    acc, loss = evaluate(exp.proxy.full, exp.proxy.test)
+    assert acc == pytest.approx(record["final"]["accuracy"]) and loss == pytest.approx(record["final"]["loss"], 1e-5)
+    assert r3["loss"] != r3["proxy_loss"]  # and those are not the sub-model's
 
 
 def test_owed_bytes_go_to_each_client_once_per_alignment(proxied):
@@ -216,6 +237,8 @@ def test_owed_bytes_go_to_each_client_once_per_alignment(proxied):
     (["--model", "tiny-bert", "--keep-layers", "0", "--ffn-neurons", "65"], "between 1 and the FFN width 64"),
     (["--model", "tiny-bert", "--ffn-neurons", "0"], "between 1 and the FFN width"),
     (["--model", "tiny-clip"], "a sub-model can be made of"),
+    (["--model", "tiny-bert"], "keeps all 2 layers whole"),  # the default first and last: nothing to compress
+    (["--model", "tiny-bert", "--keep-layers=--1"], "must be layer numbers"),
 ])
 def test_bad_proxy_build_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     assert main(["proxy", "build", *args, "--out", str(tmp_path / "p")]) == 2
@@ -231,3 +254,14 @@ def test_proxy_build_writes_a_folder_a_run_can_use(tmp_path, proxied, text_csv):
     assert info["distill"]["steps"] == 3 and info["neurons"]["1"] and (tmp_path / "p" / "tokenizer.json").exists()
     exp = prepare(proxied(**{"proxy.path": str(tmp_path / "p")}))
     assert ffn_pair(transformer_layers(exp.proxy.student)[1], "bert")[0].out_features == 8
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"proxy.kind": "none", "proxy.path": "x"}, "but proxy.kind = 'none'"),
+    ({"proxy.kind": "fedot", "proxy.ffn_neurons": 8}, "proxy.ffn_neurons is a fedpft setting"),
+    ({"fl.mode": "central"}, "needs fl.mode = 'federated'"),
+    ({"dp.mode": "client", "proxy.align_every": 1}, "outside the privacy accounting"),
+])
+def test_contradictory_proxy_settings_are_refused(proxied, setting, message):
+    with pytest.raises(UsageError, match=message):
+        proxied(**setting)

@@ -147,26 +147,28 @@ def prepare(config: Config, log: Callable[[str], None] | None = None) -> Experim
 
 
 def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) -> Experiment:
-    """Clients train a sub-model of the full one: build (or load) and align it, apply the method to both, and map
-    each trained parameter of the sub-model onto the full model (refusing a method where that cannot be done)."""
+    """Clients train a sub-model of the full one: build (or load) it, apply the method to both, map each trained
+    parameter of the sub-model onto the full model (refusing a method where that cannot be done), and only then
+    align the sub-model by distillation."""
     from fedft.models.arch import transformer_layers
-    from fedft.proxy import ProxyRun, make_sub_backbone, param_map
+    from fedft.proxy import ProxyRun, align_layers, make_sub_backbone, param_map
 
     backbone = load_backbone(config.model)
-    train = to_examples(train_raw, backbone, config).to(device)  # checks modality and sizes before distilling
+    train = to_examples(train_raw, backbone, config).to(device)  # checks modality and sizes first
     test = to_examples(test_raw, backbone, config).to(device)
     backbone.model.to(device)
-    sub, info, data = make_sub_backbone(config.proxy, backbone, config.fl.seed, config.model.max_length,
-                                        config.data.image_size, log)
+    sub, info, data = make_sub_backbone(config.proxy, backbone, config.model.max_length, config.data.image_size)
+    layer_list = next(n for n, mod in backbone.model.named_modules() if mod is transformer_layers(backbone.model))
     full, method, _ = build_model(config, train_raw.classes, backbone)
     model, _, _ = build_model(config, train_raw.classes, dataclasses.replace(backbone, model=sub))
     for m in (full, model):
         m.to(device)
         freeze_unused(m, test.batch([0, len(test) - 1])[0])
     params, full_params = trainable_parameters(model), trainable_parameters(full)
-    layer_list = next(n for n, mod in backbone.model.named_modules() if mod is transformer_layers(backbone.model))
     mapping = param_map(params, full_params, info, layer_list, config.proxy.kind, config.method.name)
-    proxy = ProxyRun(config.proxy, info, full, full_params, mapping, backbone.model, sub, test, data, config.fl.seed)
+    align_layers(config.proxy, backbone.model, sub, info, data, config.fl.seed, log)  # the method's modules start
+    proxy = ProxyRun(config.proxy, info, full, full_params, mapping, backbone.model, sub, test, data,  # as identity
+                     config.fl.seed, config.comm.dtype)
     return Experiment(config, model, method, params, train, test, train_raw.classes, clients, backbone.source, proxy)
 
 

@@ -188,6 +188,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
+    import re
     from pathlib import Path
 
     from tqdm import tqdm
@@ -201,7 +202,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             items = [v.strip() for v in value.split(",") if v.strip()]
-            if not all(v.lstrip("-").isdigit() for v in items):
+            if not items or not all(re.fullmatch(r"-?\d+", v) for v in items):
                 raise UsageError(f"--{flag.replace('_', '-')} {value!r}: must be layer numbers, e.g. 0,11")
             extra.append(f"proxy.{key}=[{','.join(items)}]")
     if args.ffn_neurons is not None:

@@ -312,6 +312,19 @@ class Config:
         if self.method.name == "layers" and self.fl.mode != "federated":
             raise UsageError(f"method.name = 'layers' selects layers per client and round: it needs fl.mode = "
                              f"'federated' (not {self.fl.mode!r})")
+        if self.proxy.kind == "none" and self.proxy.path:
+            raise UsageError(f"proxy.path = {self.proxy.path!r} but proxy.kind = 'none': set proxy.kind to the kind of "
+                             f"sub-model it holds (fedpft or fedot)")
+        if self.proxy.kind == "fedot" and self.proxy.ffn_neurons:
+            raise UsageError("proxy.ffn_neurons is a fedpft setting; fedot drops whole layers (proxy.drop_layers)")
+        if self.proxy.kind == "fedpft" and self.proxy.drop_layers:
+            raise UsageError("proxy.drop_layers is a fedot setting; fedpft keeps every layer and cuts FFNs "
+                             "(proxy.ffn_neurons)")
+        if self.proxy.kind != "none" and self.fl.mode != "federated":
+            raise UsageError(f"proxy.kind = {self.proxy.kind!r} needs fl.mode = 'federated' (not {self.fl.mode!r})")
+        if self.proxy.kind == "fedpft" and self.proxy.align_every and self.dp.mode != "none":
+            raise UsageError("proxy.align_every > 0 with dp.mode: the clients' activation statistics would leave them "
+                             "outside the privacy accounting; set proxy.align_every = 0 under DP")
         if self.method.name == "layers" and self.proxy.kind != "none":
             raise UsageError("method.name = 'layers' with proxy.kind: not supported; choose one of the two")
         if self.method.name == "layers" and self.dp.mode != "none":

@@ -48,9 +48,10 @@ def write_csv(path: Path, rounds: list[dict]) -> None:
     def write(p: Path) -> None:
         with p.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(ROUND_COLUMNS)
+            cols = [c for c in ROUND_COLUMNS if c != "proxy_accuracy" or any(r.get(c) is not None for r in rounds)]
+            w.writerow(cols)
             for r in rounds:
-                w.writerow(["" if r.get(c) is None else (len(r[c]) if c == "clients" else r[c]) for c in ROUND_COLUMNS])
+                w.writerow(["" if r.get(c) is None else (len(r[c]) if c == "clients" else r[c]) for c in cols])
 
     atomic_write(path, write)
 

@@ -23,7 +23,7 @@ LEXNAMES = {
 def read_glosses(path: Path = DATA_NOUN) -> list[tuple[str, str]]:
     """(category, gloss) for every synset in data.noun, in file order."""
     if not path.is_file():
-        raise UsageError(f"data.name = 'wordnet-nouns' needs Debian's wordnet-base ({path} is missing): "
+        raise UsageError(f"WordNet glosses need Debian's wordnet-base ({path} is missing): "
                          f"sudo apt-get install wordnet-base")
     pairs = []
     with path.open(encoding="utf-8", errors="replace") as f:

@@ -181,7 +181,7 @@ def federated(s: Setup) -> Iterator[Row]:
         elif aggregated:
             global_state = s.strategy.aggregate(start, updates)  # against what the clients started from
         load_state(s.params, global_state)
-        if stats is not None:  # neuron-level alignment against the full model (with the new global plugged in)
+        if stats is not None and aggregated:  # neuron-level alignment against the full model (with the new global plugged in)
             s.proxy.plug(s.params)
             s.proxy.align(stats, rnd)
         acc, loss = s.evaluate() if s.eval_round(rnd) else (None, None)

@@ -62,16 +62,15 @@ def _read_lines(path: str) -> list[str]:
     return lines
 
 
-def make_sub_backbone(cfg, backbone, seed: int, max_length: int = 48, image_size: int = 56, log=None):
-    """The sub-FM for a run: loaded from proxy.path, or built from `backbone` (the pristine full FM) and, for
-    fedpft, aligned by layer-level distillation. Returns (sub backbone module, ProxyInfo, distill data or None)."""
-    say = log or (lambda line: None)
+def make_sub_backbone(cfg, backbone, max_length: int = 48, image_size: int = 56):
+    """The sub-FM for a run, not yet aligned: loaded from proxy.path, or built from `backbone` (the full FM).
+    Returns (sub backbone module, ProxyInfo, the server's alignment data or None)."""
     data = None
     if cfg.path:
         sub, info = load_proxy(cfg.path)
         if info.kind != cfg.kind:
             raise UsageError(f"proxy.path = {cfg.path!r} holds a {info.kind} sub-model but proxy.kind = {cfg.kind!r}")
-        _check_fits(sub, info, backbone.model, cfg.path)
+        _check_fits(info, backbone.model, cfg.path)
     else:
         sub, info = build_sub_fm(backbone.model, cfg.kind, cfg.keep_layers, cfg.ffn_neurons, cfg.drop_layers,
                                  backbone.source)
@@ -79,14 +78,20 @@ def make_sub_backbone(cfg, backbone, seed: int, max_length: int = 48, image_size
     if cfg.kind == "fedpft" and (not cfg.path and cfg.distill_steps or cfg.align_every):
         data = distill_examples(cfg.distill_data, backbone, max_length, image_size)
         data = data.to(next(backbone.model.parameters()).device)
-    if cfg.kind == "fedpft" and not cfg.path and cfg.distill_steps:
-        say(f"proxy: layer-level distillation, {cfg.distill_steps} steps on {cfg.distill_data}")
-        t0 = time.perf_counter()
-        info.distill = distill(backbone.model, sub, info, data, cfg.distill_steps, cfg.distill_lr, cfg.distill_batch,
-                               seed)
-        info.distill["seconds"] = round(time.perf_counter() - t0, 1)
-        say(f"proxy: alignment loss {info.distill['loss_before']:.4g} -> {info.distill['loss_after']:.4g}")
     return sub, info, data
+
+
+def align_layers(cfg, teacher: nn.Module, sub: nn.Module, info: ProxyInfo, data, seed: int, log=None) -> None:
+    """fedpft, before FL: layer-level distillation of the sub-FM's compressed FFNs (unless loaded from proxy.path,
+    which was aligned when it was built); the losses go into info.distill."""
+    if cfg.kind != "fedpft" or cfg.path or not cfg.distill_steps:
+        return
+    say = log or (lambda line: None)
+    say(f"proxy: layer-level distillation, {cfg.distill_steps} steps on {cfg.distill_data}")
+    t0 = time.perf_counter()
+    info.distill = distill(teacher, sub, info, data, cfg.distill_steps, cfg.distill_lr, cfg.distill_batch, seed)
+    info.distill["seconds"] = round(time.perf_counter() - t0, 1)
+    say(f"proxy: alignment loss {info.distill['loss_before']:.4g} -> {info.distill['loss_after']:.4g}")
 
 
 def build(config, out: str | Path, log=None) -> tuple[Path, ProxyInfo]:
@@ -107,8 +112,9 @@ def build(config, out: str | Path, log=None) -> tuple[Path, ProxyInfo]:
 
         raise UsageError(f"model.name = {config.model.name!r}: a {backbone.model_type!r} model; a sub-model can be "
                          f"made of {', '.join(sorted(FFN_MODULES))} models")
-    sub, info, _ = make_sub_backbone(replace(config.proxy, path="", align_every=0), backbone, config.fl.seed,
-                                     config.model.max_length, config.data.image_size, log)
+    cfg = replace(config.proxy, path="", align_every=0)
+    sub, info, data = make_sub_backbone(cfg, backbone, config.model.max_length, config.data.image_size)
+    align_layers(cfg, backbone.model, sub, info, data, config.fl.seed, log)
     norm = (backbone.image_mean, backbone.image_std) if backbone.modality == "image" else None
     return save_proxy(sub, info, out, backbone.tokenizer if backbone.modality == "text" else None, norm), info
 
@@ -119,11 +125,16 @@ def _saveable() -> tuple[str, ...]:
     return tuple(FFN_MODULES)
 
 
-def _check_fits(sub: nn.Module, info: ProxyInfo, full: nn.Module, path: str) -> None:
+def _check_fits(info: ProxyInfo, full: nn.Module, path: str) -> None:
     from fedft.models.arch import transformer_layers
 
-    n = len(transformer_layers(full))
-    if sub.config.hidden_size != full.config.hidden_size or max(info.layer_map) >= n:
+    from fedft.proxy.build import ffn_pair
+
+    layers = transformer_layers(full)
+    fits = (info.model_type in ("", full.config.model_type) and info.hidden_size in (0, full.config.hidden_size)
+            and info.full_layers in (0, len(layers)) and max(info.layer_map) < len(layers)
+            and info.ffn_width == ffn_pair(layers[0], full.config.model_type)[0].out_features)
+    if not fits:
         raise UsageError(f"proxy.path = {path!r} was made from another model ({info.source}); model.name must be "
                          f"the model it was built from")
 
@@ -164,6 +175,7 @@ class ProxyRun:
     test: object = None  # the test examples (as model inputs) the full model is evaluated on
     data: object = None  # the server's alignment data
     seed: int = 0
+    dtype: str = "float32"  # comm.dtype: how weights travel
     version: int = 0  # bumped by each neuron-level alignment
     client_version: dict[int, int] = field(default_factory=dict)
     alignments: list[dict] = field(default_factory=list)
@@ -178,10 +190,11 @@ class ProxyRun:
             and bool(self.info.neurons)
 
     def ffn_bytes(self) -> int:
+        """The compressed FFNs' weights as sent (all of them: the clients cannot tell which neurons moved)."""
         from fedft.fl import comm
 
         return len(comm.encode({str(i): p.detach() for i, p in enumerate(ffn_parameters(self.student, self.info))},
-                               "float32"))
+                               self.dtype))
 
     def owed(self, cids: list[int]) -> int:
         """Bytes of re-aligned FFN weights sent down to the clients `cids` that have not had the latest yet."""

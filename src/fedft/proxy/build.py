@@ -32,16 +32,26 @@ class ProxyInfo:
     full_params: int = 0  # parameters of the full FM's transformer layers
     sub_params: int = 0  # ... and of the sub-FM's
     ffn_width: int = 0  # d_ff of the full FM
+    full_layers: int = 0  # layers of the full FM
+    model_type: str = ""  # the full FM's architecture
+    hidden_size: int = 0
     distill: dict | None = None  # layer-level alignment: steps, loss before and after
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "ProxyInfo":
-        raw = json.loads(text)
-        raw["neurons"] = {int(k): v for k, v in raw["neurons"].items()}
-        return cls(**raw)
+    def from_json(cls, text: str, where: str = "proxy.json") -> "ProxyInfo":
+        try:
+            raw = json.loads(text)
+            raw["neurons"] = {int(k): [int(j) for j in v] for k, v in raw["neurons"].items()}
+            info = cls(**raw)
+            if not info.layer_map or info.kind not in ("fedpft", "fedot"):
+                raise ValueError("no layers or unknown kind")
+            return info
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UsageError(f"{where} is not a valid sub-model description ({type(e).__name__}: {e}); rebuild it "
+                             f"with `fedft proxy build`") from None
 
 
 def ffn_pair(layer: nn.Module, model_type: str) -> tuple[nn.Linear, nn.Linear]:
@@ -107,7 +117,11 @@ def build_sub_fm(full: nn.Module, kind: str, keep_layers: list[int], ffn_neurons
     width = ffn_pair(layers[0], model_type)[0].out_features
     sub = copy.deepcopy(full)
     sub_layers = transformer_layers(sub)
-    info = ProxyInfo(kind, source, list(range(n)), full_params=layer_params(full), ffn_width=width)
+    info = ProxyInfo(kind, source, list(range(n)), full_params=layer_params(full), ffn_width=width, full_layers=n,
+                     model_type=model_type, hidden_size=int(full.config.hidden_size))
+    if len(keep) == n:
+        raise UsageError(f"proxy.keep_layers = {keep_layers}: keeps all {n} layers whole, so the sub-model would be "
+                         f"the full model; keep fewer")
     if kind == "fedpft":
         k = ffn_neurons or max(1, width // 4)
         if not 1 <= k <= width:
@@ -154,7 +168,11 @@ def save_proxy(sub: nn.Module, info: ProxyInfo, out: Path, tokenizer=None, image
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     try:
-        sub.save_pretrained(str(tmp))
+        from safetensors.torch import save_file
+
+        sub.config.save_pretrained(str(tmp))  # the weights under the names this transformers version gives them
+        save_file({k: v.detach().contiguous() for k, v in sub.state_dict().items()}, str(tmp / "model.safetensors"),
+                  metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
         if image_norm is not None:
@@ -182,12 +200,18 @@ def load_proxy(path: str | Path) -> tuple[nn.Module, ProxyInfo]:
     if not is_proxy_dir(path):
         raise UsageError(f"proxy.path = {str(path)!r}: not a sub-model folder (no proxy.json); make one with "
                          f"`fedft proxy build`")
-    info = ProxyInfo.from_json((path / "proxy.json").read_text())
-    model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+    info = ProxyInfo.from_json((path / "proxy.json").read_text(), f"proxy.path = {str(path)!r}: proxy.json")
+    try:
+        model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
+        state = load_file(str(path / "model.safetensors"))
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"proxy.path = {str(path)!r}: cannot load the sub-model ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
     layers = transformer_layers(model)
     for i, keep in info.neurons.items():
+        if i >= len(layers):
+            raise UsageError(f"proxy.path = {str(path)!r}: proxy.json names layer {i}; the model has {len(layers)}")
         shrink_ffn(layers[i], model.config.model_type, keep)
-    state = load_file(str(path / "model.safetensors"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
         raise UsageError(f"proxy.path = {str(path)!r}: the weights do not fit proxy.json "

@@ -76,13 +76,13 @@ def distill(teacher: nn.Module, student: nn.Module, info: ProxyInfo, data, steps
     if steps == 0 or not pairs:
         return {"steps": 0, "loss_before": before, "loss_after": before}
     flags = {p: p.requires_grad for p in student.parameters()}
-    was_training = student.training
+    was_training, teacher_training = student.training, teacher.training
     for p in student.parameters():
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    student.eval()  # no dropout: the student should match the teacher as evaluated
+    student.eval(), teacher.eval()  # no dropout: the student should match the teacher as evaluated
     rng = np.random.default_rng(seed)
     try:
         for batch in _batches(data, pool, batch_size, steps, rng):
@@ -100,7 +100,7 @@ def distill(teacher: nn.Module, student: nn.Module, info: ProxyInfo, data, steps
         for p, flag in flags.items():
             p.requires_grad_(flag)
             p.grad = None
-        student.train(was_training)
+        student.train(was_training), teacher.train(teacher_training)
     return {"steps": steps, "loss_before": before, "loss_after": _held_out_loss(teacher, student, data, held, pairs)}
 
 
