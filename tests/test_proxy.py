@@ -72,10 +72,12 @@ def test_full_width_sub_model_equals_the_full_model(name):
         assert torch.allclose(sub(**x).last_hidden_state, full(**x).last_hidden_state, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["bert", "vit", "dinov2"])
-def test_saved_sub_model_loads_back_identical(tmp_path, name):
+@pytest.mark.parametrize("name, kind", [("bert", "fedpft"), ("vit", "fedpft"), ("dinov2", "fedpft"),
+                                        ("dinov2", "fedot"), ("vit", "fedot")])
+def test_saved_sub_model_loads_back_identical(tmp_path, name, kind):
     full = tiny_model(name)
-    sub, info = build_sub_fm(full, "fedpft", keep_layers=[0], ffn_neurons=8)
+    sub, info = build_sub_fm(full, kind, keep_layers=[0], ffn_neurons=8 if kind == "fedpft" else 0,
+                             drop_layers=[1] if kind == "fedot" else None)
     save_proxy(sub, info, tmp_path / "p")
     loaded, info2 = load_proxy(tmp_path / "p")
     assert info2 == info
@@ -239,6 +241,7 @@ def test_owed_bytes_go_to_each_client_once_per_alignment(proxied):
     (["--model", "tiny-clip"], "a sub-model can be made of"),
     (["--model", "tiny-bert"], "keeps all 2 layers whole"),  # the default first and last: nothing to compress
     (["--model", "tiny-bert", "--keep-layers=--1"], "must be layer numbers"),
+    (["--model", "tiny-bert", "--kind", "fedot", "--keep-layers", "1"], "nothing to drop"),
 ])
 def test_bad_proxy_build_input_exits_2_with_one_line(tmp_path, capsys, args, message):
     assert main(["proxy", "build", *args, "--out", str(tmp_path / "p")]) == 2
@@ -252,7 +255,8 @@ def test_proxy_build_writes_a_folder_a_run_can_use(tmp_path, proxied, text_csv):
                  "--distill-data", f"file:{text_csv}", "--distill-steps", "3", "--out", str(tmp_path / "p")]) == 0
     info = json.loads((tmp_path / "p" / "proxy.json").read_text())
     assert info["distill"]["steps"] == 3 and info["neurons"]["1"] and (tmp_path / "p" / "tokenizer.json").exists()
-    exp = prepare(proxied(**{"proxy.path": str(tmp_path / "p")}))
+    exp = prepare(proxied(**{"proxy.path": str(tmp_path / "p"), "proxy.keep_layers": [0, -1], "proxy.ffn_neurons": 0,
+                             "proxy.distill_steps": 200}))  # the defaults: the folder brings its own
     assert ffn_pair(transformer_layers(exp.proxy.student)[1], "bert")[0].out_features == 8
 
 
@@ -261,6 +265,9 @@ def test_proxy_build_writes_a_folder_a_run_can_use(tmp_path, proxied, text_csv):
     ({"proxy.kind": "fedot", "proxy.ffn_neurons": 8}, "proxy.ffn_neurons is a fedpft setting"),
     ({"fl.mode": "central"}, "needs fl.mode = 'federated'"),
     ({"dp.mode": "client", "proxy.align_every": 1}, "outside the privacy accounting"),
+    ({"proxy.kind": "none", "proxy.ffn_neurons": 0}, "proxy.keep_layers is set but proxy.kind = 'none'"),
+    ({"proxy.path": "x"}, "proxy.keep_layers has no effect with proxy.path"),
+    ({"method.name": "prompt", "method.deep": True}, "per-layer prompts cannot be aligned"),
 ])
 def test_contradictory_proxy_settings_are_refused(proxied, setting, message):
     with pytest.raises(UsageError, match=message):

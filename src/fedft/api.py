@@ -153,6 +153,11 @@ def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) ->
     from fedft.models.arch import transformer_layers
     from fedft.proxy import ProxyRun, align_layers, make_sub_backbone, param_map
 
+    from fedft.proxy.build import is_proxy_dir
+
+    if is_proxy_dir(config.model.name):
+        raise UsageError(f"model.name = {config.model.name!r} is already a sub-model; with proxy.kind, model.name is "
+                         f"the full model and proxy.path the sub-model folder")
     backbone = load_backbone(config.model)
     train = to_examples(train_raw, backbone, config).to(device)  # checks modality and sizes first
     test = to_examples(test_raw, backbone, config).to(device)

@@ -312,9 +312,18 @@ class Config:
         if self.method.name == "layers" and self.fl.mode != "federated":
             raise UsageError(f"method.name = 'layers' selects layers per client and round: it needs fl.mode = "
                              f"'federated' (not {self.fl.mode!r})")
-        if self.proxy.kind == "none" and self.proxy.path:
-            raise UsageError(f"proxy.path = {self.proxy.path!r} but proxy.kind = 'none': set proxy.kind to the kind of "
-                             f"sub-model it holds (fedpft or fedot)")
+        changed = [f.name for f in dataclasses.fields(ProxyConfig)
+                   if f.name != "kind" and getattr(self.proxy, f.name) != getattr(ProxyConfig(), f.name)]
+        if self.proxy.kind == "none" and changed:
+            raise UsageError(f"proxy.{changed[0]} is set but proxy.kind = 'none': set proxy.kind = 'fedpft' or 'fedot' "
+                             f"(or leave the proxy settings out)")
+        built = [k for k in ("keep_layers", "ffn_neurons", "drop_layers", "distill_steps") if k in changed]
+        if self.proxy.path and built:
+            raise UsageError(f"proxy.{built[0]} has no effect with proxy.path: the sub-model folder was built (and "
+                             f"aligned) with its own settings (its proxy.json); leave it out or rebuild the folder")
+        if self.proxy.kind != "none" and self.method.name == "prompt" and self.method.deep:
+            raise UsageError("method.deep = true with proxy.kind: per-layer prompts cannot be aligned or mapped "
+                             "between the sub-model and the full model; use shallow prompts (method.deep = false)")
         if self.proxy.kind == "fedot" and self.proxy.ffn_neurons:
             raise UsageError("proxy.ffn_neurons is a fedpft setting; fedot drops whole layers (proxy.drop_layers)")
         if self.proxy.kind == "fedpft" and self.proxy.drop_layers:

@@ -88,6 +88,15 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
 def _load_dir(path: str, name: str) -> Backbone:
     from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPModel
 
+    from fedft.proxy.build import is_proxy_dir, load_proxy
+
+    if is_proxy_dir(path):  # a sub-model from `fedft proxy build`: what a FedPFT client holds
+        model, _ = load_proxy(path, "model.name")
+        if hasattr(model.config, "patch_size"):
+            mean, std = _image_norm(path, IMAGENET)
+            return Backbone(model, "image", path, image_mean=mean, image_std=std)
+        return Backbone(model, "text", path, AutoTokenizer.from_pretrained(path))
+
     try:
         config = AutoConfig.from_pretrained(path)
         if config.model_type == "clip":

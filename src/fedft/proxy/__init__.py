@@ -48,14 +48,16 @@ def distill_examples(name: str, backbone, max_length: int = 48, image_size: int 
 
         raw = (load_digits if name == "digits" else load_fashion_mnist)(DataConfig(train_per_class=limit // 10))[0]
         return to_examples(raw, image_size, backbone.image_mean, backbone.image_std, backbone.num_channels)
-    raise UsageError(f"proxy.distill_data = {name!r}: for a {backbone.modality} model use auto, "
+    raise UsageError(f"proxy.distill_data = {name!r}: for {'a text' if backbone.modality == 'text' else 'an image'} "
+                     f"model use auto, "
                      f"{', '.join(allowed)}")
 
 
 def _read_lines(path: str) -> list[str]:
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"proxy.distill_data = 'file:{path}': file does not exist")
+        what = "is a folder, not a file" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
+        raise UsageError(f"proxy.distill_data = 'file:{path}': {what}")
     lines = [line.strip() for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     if len(lines) < 8:
         raise UsageError(f"proxy.distill_data = 'file:{path}': has {len(lines)} non-empty lines; need at least 8")
@@ -86,6 +88,8 @@ def align_layers(cfg, teacher: nn.Module, sub: nn.Module, info: ProxyInfo, data,
     which was aligned when it was built); the losses go into info.distill."""
     if cfg.kind != "fedpft" or cfg.path or not cfg.distill_steps:
         return
+    if all(len(kept) == info.ffn_width for kept in info.neurons.values()):
+        return  # nothing was cut: nothing to align
     say = log or (lambda line: None)
     say(f"proxy: layer-level distillation, {cfg.distill_steps} steps on {cfg.distill_data}")
     t0 = time.perf_counter()

@@ -135,6 +135,9 @@ def build_sub_fm(full: nn.Module, kind: str, keep_layers: list[int], ffn_neurons
     elif kind == "fedot":
         rest = [i for i in range(n) if i not in keep]
         drop = resolve_layers("proxy.drop_layers", drop_layers, n) if drop_layers else rest[1::2]
+        if not drop:
+            raise UsageError(f"proxy.kind = 'fedot': nothing to drop (the default drops every second layer not in "
+                             f"proxy.keep_layers = {keep_layers}); name the layers in proxy.drop_layers")
         if set(drop) & set(keep):
             raise UsageError(f"proxy.drop_layers = {drop_layers}: layers {sorted(set(drop) & set(keep))} are also "
                              f"in proxy.keep_layers = {keep_layers}")
@@ -145,6 +148,9 @@ def build_sub_fm(full: nn.Module, kind: str, keep_layers: list[int], ffn_neurons
         parent, attr = _layer_list_owner(sub)
         setattr(parent, attr, kept)
         sub.config.num_hidden_layers = len(kept)
+        if getattr(sub.config, "stage_names", None):  # DINOv2 names its layers as backbone stages: renumber them
+            sub.config.stage_names = ["stem"] + [f"stage{i}" for i in range(1, len(kept) + 1)]
+            sub.config.out_features = [sub.config.stage_names[-1]]
     else:
         raise UsageError(f"proxy.kind = {kind!r}: choose fedpft or fedot")
     info.sub_params = layer_params(sub)
@@ -191,30 +197,31 @@ def is_proxy_dir(path: str | Path) -> bool:
     return (Path(path) / "proxy.json").is_file()
 
 
-def load_proxy(path: str | Path) -> tuple[nn.Module, ProxyInfo]:
-    """A sub-FM folder written by save_proxy -> (the backbone module, its ProxyInfo)."""
+def load_proxy(path: str | Path, key: str = "proxy.path") -> tuple[nn.Module, ProxyInfo]:
+    """A sub-FM folder written by save_proxy -> (the backbone module, its ProxyInfo). `key` names the setting
+    that gave the folder, for messages."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModel
 
     path = Path(path)
     if not is_proxy_dir(path):
-        raise UsageError(f"proxy.path = {str(path)!r}: not a sub-model folder (no proxy.json); make one with "
+        raise UsageError(f"{key} = {str(path)!r}: not a sub-model folder (no proxy.json); make one with "
                          f"`fedft proxy build`")
-    info = ProxyInfo.from_json((path / "proxy.json").read_text(), f"proxy.path = {str(path)!r}: proxy.json")
+    info = ProxyInfo.from_json((path / "proxy.json").read_text(), f"{key} = {str(path)!r}: proxy.json")
     try:
         model = AutoModel.from_config(AutoConfig.from_pretrained(str(path)))
         state = load_file(str(path / "model.safetensors"))
     except (OSError, ValueError, KeyError) as e:
-        raise UsageError(f"proxy.path = {str(path)!r}: cannot load the sub-model ({type(e).__name__}: "
+        raise UsageError(f"{key} = {str(path)!r}: cannot load the sub-model ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
     layers = transformer_layers(model)
     for i, keep in info.neurons.items():
         if i >= len(layers):
-            raise UsageError(f"proxy.path = {str(path)!r}: proxy.json names layer {i}; the model has {len(layers)}")
+            raise UsageError(f"{key} = {str(path)!r}: proxy.json names layer {i}; the model has {len(layers)}")
         shrink_ffn(layers[i], model.config.model_type, keep)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("pooler.") for k in missing):
-        raise UsageError(f"proxy.path = {str(path)!r}: the weights do not fit proxy.json "
+        raise UsageError(f"{key} = {str(path)!r}: the weights do not fit proxy.json "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     if missing:  # a pooler the saved model did not have (mean pooling removed it): leave it out here too
         model.pooler = None
