@@ -13,13 +13,16 @@ Variants (all evaluate the full model, with the aggregated LoRA and head plugged
   zero-share  fedpft ranking neurons by the published statistic (share of zero activations)
 The two sub-models have about the same size (7.1M of the 10.6M transformer-layer parameters).
 
-Columns: full-model and sub-model accuracy; parameters and fp32 MB of the model a client holds; mean seconds of
-a training-only round (rounds without evaluation or alignment); MB sent in all. Finished variants are reused.
+Columns: full-model and sub-model accuracy; parameters and fp32 MB of the model a client holds; the peak memory
+(RSS) of a process that loads only what a client holds and trains one client's local epoch (the same data
+loading in every case, so the differences are the model's); mean seconds of a training-only round (rounds
+without evaluation or alignment); MB sent in all. Finished variants are reused.
 Writes DIR/table.md and DIR/table.csv (default benchmarks/out/fedpft).
 """
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from pathlib import Path
 
@@ -46,12 +49,52 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [row(name, run_variant(out, name, ["method.name='lora'", *VARIANTS[name], *args.set]))
-            for name in args.variants.split(",")]
+    names = args.variants.split(",")
+    peaks = client_memory(out / "memory", args.set)
+    rows = [row(name, run_variant(out, name, ["method.name='lora'", *VARIANTS[name], *args.set]),
+                peaks["full-fm" if name == "full-fm" else "fedot" if name == "fedot" else "fedpft"])
+            for name in names]
     write_tables(out, rows)
 
 
-def row(name: str, data: dict) -> dict:
+CLIENT = """
+import resource, sys, time
+from fedft.api import prepare
+from fedft.config import load_config
+from fedft.fl.client import TrainConfig, local_train, read_state
+exp = prepare(load_config(None, sys.argv[1:]))
+idx = [i for c in exp.clients[:10] for i in c]  # the data of 10 clients: one round's worth of local training
+cfg = TrainConfig(1, exp.config.fl.batch_size, exp.lr, group_by_length=True)
+local_train(exp.model, exp.params, read_state(exp.params), exp.train, exp.clients[0][:64], cfg, 0)  # warm-up
+t0 = time.perf_counter()
+local_train(exp.model, exp.params, read_state(exp.params), exp.train, idx, cfg, 0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, len(idx) / (time.perf_counter() - t0))
+"""
+
+
+def client_memory(folder: Path, sets: list[str]) -> dict[str, tuple[int, float]]:
+    """Peak MiB of a fresh process holding only a client's model (the full model, or a saved sub-model folder,
+    which `fedft proxy build` makes) while it trains one client's local epoch."""
+    from fedft.config import load_config
+    from fedft.proxy import build
+
+    models = {"full-fm": "minilm"}
+    for kind, extra in (("fedot", ["proxy.drop_layers=[2,4]"]), ("fedpft", ["proxy.distill_steps=0"])):
+        path = folder / kind
+        if not (path / "proxy.json").exists():
+            build(load_config(None, [f"proxy.kind='{kind}'".replace("'", '"'), *extra]), path)
+        models[kind] = str(path)
+    peaks = {}
+    for kind, model in models.items():
+        over = [f'model.name="{model}"', "method.name=\"lora\"", *[s.replace("'", '"') for s in sets]]
+        done = subprocess.run([sys.executable, "-c", CLIENT, *over], capture_output=True, text=True, check=True)
+        mib, speed = done.stdout.strip().splitlines()[-1].split()
+        peaks[kind] = (int(mib), round(float(speed), 1))
+        print(f"client {kind}: peak {mib} MiB, {float(speed):.1f} examples/s", flush=True)
+    return peaks
+
+
+def row(name: str, data: dict, client: tuple[int, float]) -> dict:
     f, proxy = data["final"], data.get("proxy")
     aligned = {a["round"] for a in (proxy or {}).get("alignments", [])}
     train_rounds = [r["seconds"] for r in data["rounds"] if r["accuracy"] is None and r["round"] not in aligned]
@@ -62,6 +105,8 @@ def row(name: str, data: dict) -> dict:
         "sub_model_accuracy": round(f["proxy_accuracy"], 4) if proxy else "",
         "client_model_params": client_params,
         "client_model_MB": round(4 * client_params / 1e6, 1),
+        "client_peak_MiB": client[0],
+        "client_examples_per_s": client[1],
         "layer_params": proxy["sub_layer_params"] if proxy else "",
         "train_s_per_round": round(float(np.mean(train_rounds)), 1) if train_rounds else "",
         "MB_sent": round(f["bytes_total"] / 1e6, 2),
