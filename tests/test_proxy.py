@@ -12,7 +12,6 @@ from fedft.errors import UsageError
 from fedft.fl.evaluate import evaluate
 from fedft.models import tiny as tiny_models
 from fedft.models.arch import transformer_layers
-from fedft.proxy import param_map
 from fedft.proxy.build import build_sub_fm, ffn_pair, load_proxy, saliency, save_proxy
 from fedft.proxy.distill import distill, most_active, neuron_masks
 
