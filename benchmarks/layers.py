@@ -7,8 +7,8 @@ layers (drawn once, seeded), every selected layer trained whole (method.inner = 
 Variants: top, bottom, random, gradient (lambda = 0: each client's own top layers by gradient norm),
 gradient-lam<X> (the consistency term at lambda = X, e.g. gradient-lam0.1), full (every client trains
 everything: full fine-tuning, no budget). Columns: final accuracy, best accuracy, first round at or above
---target, MB sent, seconds. Finished variants are reused. Writes DIR/table.md and DIR/table.csv (default
-benchmarks/out/layers).
+--target (evaluated every 2 rounds, as by default), MB sent, seconds. Finished variants are reused.
+Writes DIR/table.md and DIR/table.csv (default benchmarks/out/layers).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from tables import run_variant, write_tables  # noqa: E402
 
-COMMON = ["data.partition='dirichlet'", "data.alpha=0.1", "fl.eval_every=1"]
+COMMON = ["data.partition='dirichlet'", "data.alpha=0.1"]
 LAYERS = ["method.name='layers'", "method.inner='full'", "method.budget_min=1", "method.budget_max=4"]
 
 
