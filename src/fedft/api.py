@@ -150,7 +150,7 @@ def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) ->
     """Clients train a sub-model of the full one: build (or load) it, apply the method to both, map each trained
     parameter of the sub-model onto the full model (refusing a method where that cannot be done), and only then
     align the sub-model by distillation."""
-    from fedft.models.arch import transformer_layers
+    from fedft.models.arch import layer_list_name
     from fedft.proxy import ProxyRun, align_layers, make_sub_backbone, param_map
 
     from fedft.proxy.build import is_proxy_dir
@@ -163,7 +163,7 @@ def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) ->
     test = to_examples(test_raw, backbone, config).to(device)
     backbone.model.to(device)
     sub, info, data = make_sub_backbone(config.proxy, backbone, config.model.max_length, config.data.image_size)
-    layer_list = next(n for n, mod in backbone.model.named_modules() if mod is transformer_layers(backbone.model))
+    layer_list = layer_list_name(backbone.model)
     full, method, _ = build_model(config, train_raw.classes, backbone)
     model, _, _ = build_model(config, train_raw.classes, dataclasses.replace(backbone, model=sub))
     for m in (full, model):

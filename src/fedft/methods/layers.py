@@ -20,7 +20,7 @@ from fedft.errors import UsageError
 from fedft.fl import selection
 from fedft.fl.client import client_seed, load_state
 from fedft.methods.base import METHODS, Method, freeze_all_but
-from fedft.models.arch import transformer_layers
+from fedft.models.arch import layer_list_name, transformer_layers
 
 INNER_LR = {"full": 5e-5, "bias": 3e-3, "lora": 3e-3}
 FROZEN_STEM = ("embeddings", "pre_layrnorm")  # what comes before the layers stays frozen
@@ -61,7 +61,7 @@ def layer_index(model: nn.Module) -> tuple[dict[str, int | None], int]:
     """Each trainable parameter's transformer layer (None: head, final norm) and the number of layers."""
     backbone = _backbone(model)
     layers = transformer_layers(backbone)
-    prefix = next(n for n, m in backbone.named_modules() if m is layers)
+    prefix = layer_list_name(backbone)
     pattern = re.compile(rf"(^|\.)backbone\.{re.escape(prefix)}\.(\d+)\.")
     out = {}
     for name, p in model.named_parameters():

@@ -54,9 +54,15 @@ def lookup(table: dict[str, list[str]], model_type: str, what: str) -> list[str]
     return table[model_type]
 
 
-def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
-    """The list of transformer blocks (BERT/ViT/DINOv2: encoder.layer, CLIP: encoder.layers)."""
+def layer_list_name(backbone: nn.Module) -> str:
+    """Where the list of transformer blocks sits in the backbone (BERT/DINOv2: encoder.layer, ViT: layers, CLIP:
+    encoder.layers)."""
     for name, module in backbone.named_modules():
         if isinstance(module, nn.ModuleList) and name.split(".")[-1] in ("layer", "layers"):
-            return module
+            return name
     raise ValueError(f"no transformer layer list found in {type(backbone).__name__}")
+
+
+def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
+    """The list of transformer blocks."""
+    return backbone.get_submodule(layer_list_name(backbone))

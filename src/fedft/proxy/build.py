@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fedft.errors import UsageError
-from fedft.models.arch import FFN_MODULES, lookup, transformer_layers
+from fedft.models.arch import FFN_MODULES, layer_list_name, lookup, transformer_layers
 
 
 @dataclass
@@ -158,12 +158,8 @@ def build_sub_fm(full: nn.Module, kind: str, keep_layers: list[int], ffn_neurons
 
 
 def _layer_list_owner(model: nn.Module) -> tuple[nn.Module, str]:
-    layers = transformer_layers(model)
-    for name, module in model.named_modules():
-        if module is layers:
-            parent, _, attr = name.rpartition(".")
-            return (model.get_submodule(parent) if parent else model), attr
-    raise ValueError("layer list not found")
+    parent, _, attr = layer_list_name(model).rpartition(".")
+    return (model.get_submodule(parent) if parent else model), attr
 
 
 def save_proxy(sub: nn.Module, info: ProxyInfo, out: Path, tokenizer=None, image_norm=None) -> Path:
