@@ -9,17 +9,13 @@ Each run's own folder (results.json, curves.png) is kept under DIR.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-import fedft
-from fedft.config import load_config
 from fedft.methods import METHODS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tables import write_tables  # noqa: E402
+from tables import run_variant, write_tables  # noqa: E402
 
 PARTITIONS = {"iid": ["data.partition=iid"], "dirichlet-0.5": ["data.partition=dirichlet", "data.alpha=0.5"]}
 
@@ -36,20 +32,8 @@ def main() -> None:
     rows = []
     for part, part_set in PARTITIONS.items():
         for method in args.methods.split(","):
-            run_dir = out / f"{method}-{part}"
-            if (run_dir / "results.json").exists() and json.loads((run_dir / "results.json").read_text()).get(
-                    "status") == "completed":
-                data = json.loads((run_dir / "results.json").read_text())  # finished earlier: reuse
-            else:
-                if run_dir.exists():
-                    for f in run_dir.rglob("*"):
-                        f.unlink() if f.is_file() else None
-                config = load_config(None, [f"method.name={method!r}".replace("'", '"'), f"fl.rounds={args.rounds}",
-                                            *part_set, *args.set])
-                t0 = time.time()
-                fedft.run(config, run_dir)
-                data = json.loads((run_dir / "results.json").read_text())
-                print(f"{method:8s} {part:14s} done in {time.time() - t0:.0f} s", flush=True)
+            data = run_variant(out, f"{method}-{part}", [f"method.name='{method}'", f"fl.rounds={args.rounds}",
+                                                         *part_set, *args.set])
             f = data["final"]
             rounds = len(data["rounds"])
             rows.append({
