@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import fedft
-from fedft.api import parallel_clients, prepare
+from fedft.api import parallel_clients, precision, prepare
 from fedft.config import load_config
 from fedft.fl.client import TrainConfig, load_state, make_optimizer, read_state, shuffled_batches, train_batches
 from fedft.fl.loop import Setup
@@ -63,13 +63,15 @@ def timed(fn) -> float:
 
 
 def naive_round(exp, start, clients: list[np.ndarray], cfg: TrainConfig, seed: int) -> None:
+    """Naive, but at the same precision as the engine (bf16 autocast on a GPU)."""
     rng = np.random.default_rng(seed)
     for idx in clients:
         model = copy.deepcopy(exp.model)  # each client gets its own copy, as a simulation usually does
         params = trainable_parameters(model)
         load_state(params, start)
         opt = make_optimizer(params, cfg)
-        train_batches(model, params, exp.train, shuffled_batches(idx, cfg.batch_size, cfg.epochs, rng), opt)
+        train_batches(model, params, exp.train, shuffled_batches(idx, cfg.batch_size, cfg.epochs, rng), opt,
+                      precision=cfg.precision)
         read_state(params)
         del model
 
@@ -78,7 +80,7 @@ def limit_round(exp, start, pooled: np.ndarray, cfg: TrainConfig, batch: int, se
     load_state(exp.params, start)
     lengths = exp.train.lengths() if hasattr(exp.train, "lengths") else None
     batches = shuffled_batches(pooled, batch, cfg.epochs, np.random.default_rng(seed), lengths)
-    train_batches(exp.model, exp.params, exp.train, batches, make_optimizer(exp.params, cfg))
+    train_batches(exp.model, exp.params, exp.train, batches, make_optimizer(exp.params, cfg), precision=cfg.precision)
 
 
 def measure(args, method: str, model_dir: str | None) -> dict:
@@ -88,7 +90,8 @@ def measure(args, method: str, model_dir: str | None) -> dict:
     exp.model.to(device)
     fl = config.fl
     setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, fl, exp.lr, config.comm.dtype,
-                  STRATEGIES.get(fl.strategy, "fl.strategy")(fl), parallel_clients=parallel_clients(fl, exp.model))
+                  STRATEGIES.get(fl.strategy, "fl.strategy")(fl), parallel_clients=parallel_clients(fl, exp.model),
+                  precision=precision(fl, exp.model))  # as `fedft run`: bf16 autocast on a GPU
     sampled = sorted(np.random.default_rng(0).choice(len(exp.clients), fl.clients_per_round, replace=False).tolist())
     clients = [exp.clients[c] for c in sampled]
     n = sum(len(c) * fl.local_epochs for c in clients)
@@ -103,7 +106,7 @@ def measure(args, method: str, model_dir: str | None) -> dict:
     }
     if setup.parallel_clients == len(sampled):
         ways.pop("batched")  # the engine already is
-    out = {"method": method, "examples": n, "parallel_clients": setup.parallel_clients}
+    out = {"method": method, "examples": n, "parallel_clients": setup.parallel_clients, "precision": setup.precision}
     for way, fn in ways.items():
         if args.warmup:
             fn()

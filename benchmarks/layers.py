@@ -54,7 +54,7 @@ def main() -> None:
             "MB_up": round(f["bytes_up"] / 1e6, 1), "MB_total": round(f["bytes_total"] / 1e6, 1),
             "seconds": round(f["seconds"]),
         })
-    write_tables(out, rows)
+        write_tables(out, rows)  # after every variant: an interrupted benchmark keeps its table so far
 
 
 if __name__ == "__main__":
