@@ -178,10 +178,11 @@ def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) ->
 
 
 def run(config: Config, out_dir: str | Path | None = None, progress: bool = False,
-        log: Callable[[str], None] | None = None) -> Result:
+        log: Callable[[str], None] | None = None, remote=None) -> Result:
     """Run the experiment; write results.json, rounds.csv, curves.png and the trained parameters to out_dir
     (default runs/<timestamp>). results.json is rewritten after every round, so an interrupted run keeps
-    its finished rounds."""
+    its finished rounds. `remote(experiment)`, where given, makes the function that trains the sampled clients
+    elsewhere (fedft.deploy: on Flower SuperNodes); everything else runs here as in a simulation."""
     out = _check_out_dir(out_dir)
     exp = prepare(config, log)
     dp = client_dp(config)  # calibrating the noise may fail: before anything is written
@@ -196,7 +197,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
                   precision=precision(fl, exp.model, sample_dp is not None), dp=dp, sample_dp=sample_dp,
-                  proxy=exp.proxy, selector=exp.selector)
+                  proxy=exp.proxy, selector=exp.selector, remote=remote(exp) if remote else None)
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {

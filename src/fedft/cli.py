@@ -52,6 +52,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--distill-steps", type=int, metavar="N", help="layer-level distillation steps (default 200)")
     p.add_argument("--out", help="folder to write (default proxies/<model>-<kind>-k<K>)")
 
+    p = sub.add_parser("deploy", help="run across machines on Flower: certificates, SuperLink, SuperNodes, runs")
+    deploy = p.add_subparsers(dest="deploy_command", required=True)
+    p = deploy.add_parser("certs", help="make a local CA and a SuperLink certificate in DIR")
+    p.add_argument("dir", help="new folder for ca.crt, ca.key, server.pem, server.key")
+    p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
+                   help="the SuperLink's name or IP as clients reach it (repeatable; localhost and 127.0.0.1 always)")
+    p = deploy.add_parser("superlink", help="start the SuperLink (the server side; the run's results are written here)")
+    _tls_args(p)
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=9092, help="port (default 9092)")
+    p.add_argument("--database", help="SQLite file for the SuperLink's state (default in memory)")
+    p = deploy.add_parser("supernode", help="start a SuperNode: one client, its partition or its own data")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    _tls_args(p)
+    p.add_argument("--partition-id", type=int, required=True, help="which client this node is (0..num_clients-1)")
+    p.add_argument("--num-partitions", type=int, help="data.num_clients of the runs it serves (checked)")
+    p.add_argument("--data", metavar="csv:PATH|imagefolder:PATH",
+                   help="this node's own training data (default: partition partition-id of the run's data.name)")
+    p.add_argument("--port", type=int, default=9094, help="local port for the node's ClientApps (default 9094; "
+                   "one per SuperNode on a host)")
+    p = deploy.add_parser("run", help="submit an experiment to a SuperLink and wait for it")
+    _config_args(p)
+    p.add_argument("--superlink", metavar="HOST:PORT", help="the SuperLink (saved as a federation in $FLWR_HOME)")
+    p.add_argument("--federation", metavar="NAME", help="a [superlink.NAME] of $FLWR_HOME/config.toml "
+                   "(with --superlink: the name to save it under; default fedft)")
+    _tls_args(p)
+    p.add_argument("--out", help="results folder on the SuperLink's host (default runs/deploy-<timestamp>)")
+
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -62,6 +90,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedft: interrupted; the rounds finished so far are in results.json", file=sys.stderr)
         return 130
+
+
+def _tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--certs", metavar="DIR", help="folder from `fedft deploy certs` (TLS, the default)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (only on a trusted network)")
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from fedft.deploy import commands
+
+    if args.deploy_command == "certs":
+        out = commands.make_certs(args.dir, args.host)
+        print(f"wrote {out}/ca.crt (give it to every SuperNode host) and server.pem/server.key (the SuperLink's)")
+        return 0
+    if getattr(args, "certs", None) and args.insecure:
+        raise UsageError("give --certs DIR or --insecure, not both")
+    if args.deploy_command == "superlink":
+        return commands.superlink(args.certs, args.insecure, args.host, args.port, args.database)
+    if args.deploy_command == "supernode":
+        return commands.supernode(args.superlink, args.certs, args.insecure, args.partition_id, args.num_partitions,
+                                  args.data, args.port)
+    return commands.deploy_run(_load(args), args.federation, args.superlink, args.certs, args.insecure, args.out)
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -225,7 +275,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"proxy": cmd_proxy, "run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config,
+COMMANDS = {"proxy": cmd_proxy, "deploy": cmd_deploy, "run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config,
             "sweep": cmd_sweep, "report": cmd_report}
 
 

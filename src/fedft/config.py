@@ -281,6 +281,26 @@ class ProxyConfig:
 
 
 @dataclass
+class DeployConfig:
+    secagg: bool = doc("fedft deploy: aggregate through Flower's SecAgg+ workflow, so the server sees only the "
+                       "weighted sum of the clients' parameters (quantised to secagg_bits bits within "
+                       "+-secagg_clip)", default=False)
+    secagg_clip: float = doc("SecAgg+: trainable values are clipped to [-secagg_clip, secagg_clip] before "
+                             "quantisation", default=8.0)
+    secagg_bits: int = doc("SecAgg+: quantisation levels are 2**secagg_bits (at most 30)", default=22)
+    timeout: float = doc("fedft deploy: seconds the server waits for a round's replies (0 = no limit); a "
+                         "SuperNode that has not replied by then counts as dropped out", default=0.0)
+
+    def check(self) -> None:
+        if self.secagg_clip <= 0:
+            raise UsageError(f"deploy.secagg_clip = {self.secagg_clip}: must be > 0")
+        if not 8 <= self.secagg_bits <= 30:
+            raise UsageError(f"deploy.secagg_bits = {self.secagg_bits}: must be in [8, 30]")
+        if self.timeout < 0:
+            raise UsageError(f"deploy.timeout = {self.timeout}: must be >= 0 (0 = no limit)")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -289,6 +309,7 @@ class Config:
     comm: CommConfig = field(default_factory=CommConfig)
     dp: DPConfig = field(default_factory=DPConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
     def check(self) -> None:
         for section in SECTIONS:
@@ -366,7 +387,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "method": MethodConfig, "fl": FLConfig, "comm": CommConfig,
-    "dp": DPConfig, "proxy": ProxyConfig,
+    "dp": DPConfig, "proxy": ProxyConfig, "deploy": DeployConfig,
 }
 
 

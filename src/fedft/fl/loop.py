@@ -66,6 +66,8 @@ class Setup:
     precision: str = "fp32"  # "bf16": autocast forward passes
     proxy: ProxyRun | None = None  # clients train a sub-model; evaluation plugs their parameters into the full one
     selector: LayerSelector | None = None  # method layers: which layers each client trains
+    # clients that train elsewhere (fedft.deploy: SuperNodes over Flower): (starts, cids, round) -> their Updates
+    remote: Callable[[list[State], list[int], int], list[Update]] | None = None
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the global model (with a proxy: of the full model it is plugged into)."""
@@ -90,6 +92,11 @@ class Setup:
         """Local training of clients `cids` from `starts`: one after another, or parallel_clients at a time
         batched (the same updates up to float rounding). With `trained` (method layers), each client trains and
         sends only the parameters named for it."""
+        if self.remote is not None:
+            updates = self.remote(starts, cids, rnd)
+            for _ in cids:
+                self.tick()
+            return updates
         cfg, k, updates = self.train_config(), max(self.parallel_clients, 1), []
         if trained is not None:
             for start, cid in zip(starts, cids):

@@ -1,0 +1,229 @@
+"""The Flower app: `server` (ServerApp) runs fedft.run on the SuperLink's host and sends each sampled client's local
+training to its SuperNode; `client` / `client_secagg` (ClientApps) train one client there.
+
+Messages carry the trainable parameters only (ArrayRecord, float32: the server applies comm.dtype to what comes
+back, as in the simulation, so bytes and rounding match `fedft run`). Run config keys: `fedft-config` (the
+experiment as JSON) and `out` (the results folder on the SuperLink's host). Node config keys: `partition-id`
+(which client this node is), `num-partitions` (checked against data.num_clients), and optionally `data`
+(csv:PATH or imagefolder:PATH: this node's own training data instead of a partition of data.name).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.client.mod import secaggplus_mod
+from flwr.serverapp import Grid, ServerApp
+
+from fedft.config import Config
+from fedft.errors import UsageError
+from fedft.fl.client import State, Update
+
+server = ServerApp()
+client = ClientApp()
+client_secagg = ClientApp(mods=[secaggplus_mod])
+
+
+def run_config(context: Context) -> Config:
+    return Config.from_dict(json.loads(str(context.run_config["fedft-config"])))
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    import fedft
+    from fedft.deploy import check_deployable
+
+    config = run_config(context)
+    check_deployable(config)
+    out = str(context.run_config["out"])
+    fedft.run(config, out, log=lambda line: print(line, flush=True),
+              remote=lambda exp: FlowerClients(grid, context, exp))
+
+
+class FlowerClients:
+    """Setup.remote for a deployed run: train clients `cids` on their SuperNodes, return the updates that came back
+    (in the order of `cids`; a node that fails or misses deploy.timeout counts as dropped out)."""
+
+    def __init__(self, grid: Grid, context: Context, exp) -> None:
+        self.grid, self.context, self.names = grid, context, list(exp.params)
+        self.cfg = exp.config.deploy
+        self.timeout = self.cfg.timeout or None
+        self.nodes, self.sizes = connect(grid, exp.config.data.num_clients, exp.classes)
+
+    def __call__(self, starts: list[State], cids: list[int], rnd: int) -> list[Update]:
+        if self.cfg.secagg:
+            from fedft.deploy.secagg import secagg_round
+
+            return secagg_round(self, starts, cids, rnd)
+        msgs = [Message(RecordDict({"arrays": ArrayRecord({n: start[n].contiguous() for n in self.names}),
+                                    "config": ConfigRecord({"cid": cid, "round": rnd})}),
+                        dst_node_id=self.nodes[cid], message_type="train")
+                for start, cid in zip(starts, cids)]
+        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
+        updates = []
+        for cid in cids:
+            reply = replies.get(self.nodes[cid])
+            if reply is None or reply.has_error():
+                why = "no reply" if reply is None else reply.error.reason
+                print(f"round {rnd}: client {cid} (node {self.nodes[cid]}) dropped out: {why}", flush=True)
+                continue
+            state = reply.content["arrays"].to_torch_state_dict()
+            metrics = reply.content["metrics"]
+            updates.append(Update({n: state[n] for n in self.names},
+                                  int(metrics["num-examples"]), {"loss": float(metrics["loss"])}))
+        return updates
+
+
+def connect(grid: Grid, num_clients: int, classes: list[str], wait: float = 120.0) -> tuple[dict[int, int], dict]:
+    """Wait for the SuperNodes, ask each which client it is: {client id: node id}, {client id: examples}."""
+    t0 = time.monotonic()
+    while len(ids := list(grid.get_node_ids())) < num_clients:
+        if time.monotonic() - t0 > wait:
+            raise UsageError(f"{len(ids)} of data.num_clients = {num_clients} SuperNodes connected within {wait:.0f} s; "
+                             f"start one per client (fedft deploy supernode --partition-id I)")
+        time.sleep(0.5)
+    msgs = [Message(RecordDict({"config": ConfigRecord({"classes": json.dumps(classes)})}), dst_node_id=nid,
+                    message_type="query") for nid in ids]
+    nodes, sizes = {}, {}
+    for reply in grid.send_and_receive(msgs, timeout=wait):
+        if reply.has_error():
+            raise UsageError(f"SuperNode {reply.metadata.src_node_id} could not load its client: "
+                             f"{reply.error.reason}")
+        cid = int(reply.content["config"]["cid"])
+        if cid in nodes:
+            raise UsageError(f"two SuperNodes ({nodes[cid]}, {reply.metadata.src_node_id}) both have partition-id {cid}")
+        nodes[cid], sizes[cid] = reply.metadata.src_node_id, int(reply.content["config"]["examples"])
+    missing = sorted(set(range(num_clients)) - set(nodes))
+    if missing:
+        raise UsageError(f"no SuperNode answered for partition-id {missing[0]} (of {num_clients} clients)")
+    return nodes, sizes
+
+
+# ---------------------------------------------------------------- the client side
+
+
+@dataclasses.dataclass
+class Node:
+    """One SuperNode's client: the shared model with the method applied, its data, and the simulation's Setup."""
+    cid: int
+    config: Config
+    model: torch.nn.Module
+    train: object
+    clients: list[np.ndarray]
+    lr: float
+    classes: list[str]
+
+    @property
+    def names(self) -> list[str]:
+        from fedft.methods import trainable_parameters
+
+        return list(trainable_parameters(self.model))
+
+    @property
+    def examples(self) -> int:
+        return len(self.clients[self.cid])
+
+    def setup(self):
+        from fedft.api import precision
+        from fedft.fl.loop import Setup
+        from fedft.fl.strategies import STRATEGIES
+        from fedft.methods import trainable_parameters
+
+        fl = self.config.fl
+        return Setup(self.model, trainable_parameters(self.model), self.train, None, self.clients, fl, self.lr,
+                     self.config.comm.dtype, STRATEGIES.get(fl.strategy, "fl.strategy")(fl), parallel_clients=1,
+                     precision=precision(fl, self.model))
+
+
+def node(context: Context) -> Node:
+    """This node's client. Flower starts a fresh ClientApp process for every message, so the prepared client (the
+    frozen base model with the method applied, and the node's tokenised or decoded data) is kept on the node's disk
+    after the first message (under $FEDFT_CACHE/deploy, default ~/.cache/fedft) and loaded from there afterwards."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    key = hashlib.sha256(json.dumps([str(context.run_config["fedft-config"]), sorted(context.node_config.items())],
+                                    default=str).encode()).hexdigest()[:20]
+    root = Path(os.environ.get("FEDFT_CACHE", Path.home() / ".cache" / "fedft")) / "deploy"
+    path = root / f"node-{key}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, weights_only=False)  # written by this code on this node
+        except Exception:  # a damaged file: prepare again
+            path.unlink(missing_ok=True)
+    me = prepare_node(context)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    torch.save(me, tmp)
+    os.replace(tmp, path)
+    return me
+
+
+def prepare_node(context: Context) -> Node:
+    from fedft.api import prepare
+
+    config = run_config(context)
+    nc = context.node_config
+    if "partition-id" not in nc:
+        raise UsageError("this SuperNode has no partition-id in its node config (fedft deploy supernode "
+                         "--partition-id I)")
+    cid = int(nc["partition-id"])
+    if not 0 <= cid < config.data.num_clients:
+        raise UsageError(f"partition-id = {cid}: the run has data.num_clients = {config.data.num_clients} "
+                         f"(ids 0..{config.data.num_clients - 1})")
+    num_clients = config.data.num_clients
+    if "num-partitions" in nc and int(nc["num-partitions"]) != num_clients:
+        raise UsageError(f"num-partitions = {nc['num-partitions']} in this SuperNode's node config, but the run has "
+                         f"data.num_clients = {num_clients}")
+    own = str(nc.get("data", ""))
+    if own:  # this node's own data, all of it for training
+        data = dataclasses.replace(config.data, name=own, num_clients=1, partition="iid", min_partition_size=1)
+        exp = prepare(dataclasses.replace(config, data=data))
+    else:
+        exp = prepare(config)
+    clients = [np.empty(0, dtype=np.int64)] * num_clients
+    clients[cid] = exp.clients[0 if own else cid]  # seeds depend on the client id, as in the simulation
+    return Node(cid, config, exp.model, exp.train, clients, exp.lr, exp.classes)
+
+
+def query(msg: Message, context: Context) -> Message:
+    me = node(context)
+    wanted = json.loads(str(msg.content["config"]["classes"]))
+    if me.classes != wanted:
+        raise UsageError(f"this node's data has classes {me.classes[:5]}..., the run's are {wanted[:5]}...: "
+                         f"they must be the same, in the same order")
+    cid = int(context.node_config["partition-id"])
+    return Message(RecordDict({"config": ConfigRecord({"cid": cid, "examples": me.examples})}), reply_to=msg)
+
+
+def train(msg: Message, context: Context) -> Message:
+    me = node(context)
+    if "fitins.config" in msg.content.config_records:  # SecAgg+: the legacy FitIns / FitRes layout
+        import flwr.compat.common.recorddict_compat as compat
+        from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+        ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
+        start = {n: torch.from_numpy(np.array(a)) for n, a in zip(me.names, parameters_to_ndarrays(ins.parameters))}
+        update = me.setup().train_clients([start], [me.cid], int(ins.config["round"]))[0]
+        res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update.state[n].numpy() for n in me.names]),
+                     update.num_examples, {"loss": float(update.metrics.get("loss", float("nan")))})
+        return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
+    state = msg.content["arrays"].to_torch_state_dict()
+    start = {n: state[n] for n in me.names}
+    update = me.setup().train_clients([start], [me.cid], int(msg.content["config"]["round"]))[0]
+    return Message(RecordDict({
+        "arrays": ArrayRecord({n: update.state[n].detach().cpu().contiguous() for n in me.names}),
+        "metrics": MetricRecord({"num-examples": update.num_examples,
+                                 "loss": float(update.metrics.get("loss", float("nan")))}),
+    }), reply_to=msg)
+
+
+for _app in (client, client_secagg):
+    _app.query()(query)
+    _app.train()(train)

@@ -1,0 +1,227 @@
+"""fedft deploy: a real SuperLink and two SuperNodes on loopback with TLS (certificates made here), runs checked by
+their Flower status and against `fedft run`; and the bad-input paths, each one line and exit 2."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedft.cli import main
+from fedft.config import load_config
+from fedft.deploy import check_deployable, commands
+from fedft.errors import UsageError
+
+pytest.importorskip("flwr")
+
+FEDFT = str(Path(sys.executable).parent / "fedft")
+EXPERIMENT = """
+[model]
+name = "tiny-bert"
+[data]
+num_clients = 2
+[method]
+name = "lora"
+[fl]
+rounds = 2
+clients_per_round = 2
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def flower_env(tmp_path, monkeypatch):
+    """A private FLWR_HOME and HOME, telemetry and runtime dependency installation off, short polls."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"FLWR_HOME": str(home / ".flwr"), "HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "RAY_USAGE_STATS_ENABLED": "0", "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
+           "FEDFT_CACHE": str(tmp_path / "cache")}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return {**os.environ, **env}
+
+
+@pytest.fixture
+def federation(tmp_path, flower_env):
+    """SuperLink + SuperNodes for partitions 0 and 1, with TLS; every process stopped by its PID at the end."""
+    certs = tmp_path / "certs"
+    assert main(["deploy", "certs", str(certs)]) == 0
+    port = free_port()
+    procs = []
+    logs = []
+
+    def start(*args: str) -> None:
+        log = open(tmp_path / f"proc{len(procs)}.log", "w")
+        logs.append(log)
+        procs.append(subprocess.Popen([FEDFT, "deploy", *args], env=flower_env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+
+    try:
+        start("superlink", "--certs", str(certs), "--host", "127.0.0.1", "--port", str(port))
+        for i in range(2):
+            start("supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs), "--partition-id", str(i),
+                  "--num-partitions", "2", "--port", str(free_port()))
+        yield {"address": f"127.0.0.1:{port}", "certs": certs, "procs": procs}
+    finally:
+        for p in procs:  # each process group: the Flower process and the helpers it started
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        for log in logs:
+            log.close()
+
+
+def deploy_run(tmp_path, fed, env, config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([FEDFT, "deploy", "run", str(config), "--superlink", fed["address"], "--certs",
+                           str(fed["certs"]), "--out", str(out), *extra], env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def adapter(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+def test_deployed_run_equals_simulation_and_secagg_within_quantisation(tmp_path, federation, flower_env):
+    config = tmp_path / "exp.toml"
+    config.write_text(EXPERIMENT)
+    sim = tmp_path / "sim"
+    assert main(["run", str(config), "--out", str(sim), "--quiet"]) == 0
+
+    done = deploy_run(tmp_path, federation, flower_env, config, tmp_path / "fed")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "finished:completed" in done.stdout  # the run's Flower status, not only flwr's exit code
+    res = json.loads((tmp_path / "fed" / "results.json").read_text())
+    assert res["status"] == "completed" and len(res["rounds"]) == 2
+    want, got = adapter(sim), adapter(tmp_path / "fed")
+    assert set(want) == set(got)
+    for k in want:  # the same clients, seeds and data: the same bits
+        assert torch.equal(want[k], got[k]), k
+    assert res["final"]["accuracy"] == json.loads((sim / "results.json").read_text())["final"]["accuracy"]
+
+    # the SuperLink kept running: a second run on it, now with SecAgg+
+    done = deploy_run(tmp_path, federation, flower_env, config, tmp_path / "secagg", "--set", "deploy.secagg=true")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "finished:completed" in done.stdout
+    got = adapter(tmp_path / "secagg")
+    # SecAgg+ quantises each client's weighted values to 2**22 levels over [-8, 8] (a step of 3.8e-6), and the
+    # error compounds over two rounds: well within 1e-4, and not bit-equal
+    diff = max((want[k] - got[k]).abs().max().item() for k in want)
+    assert 0 < diff < 1e-4
+
+
+def test_supernode_refuses_missing_data_and_silent_superlink(tmp_path, flower_env, capsys):
+    assert main(["deploy", "supernode", "--superlink", "127.0.0.1:1", "--insecure", "--partition-id", "0",
+                 "--data", f"csv:{tmp_path / 'nope.csv'}"]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    port = free_port()  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match="no SuperLink answers"):
+        commands.probe_superlink(f"127.0.0.1:{port}", None, wait=1.0)
+    assert time.monotonic() - t0 < 10
+    assert main(["deploy", "supernode", "--superlink", "localhost", "--insecure", "--partition-id", "0"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+    assert main(["deploy", "supernode", "--superlink", "127.0.0.1:9", "--partition-id", "0"]) == 2
+    assert "TLS is on by default" in capsys.readouterr().err
+
+
+def test_certificate_that_does_not_match_is_named(tmp_path):
+    ours, theirs = commands.make_certs(tmp_path / "ours", []), commands.make_certs(tmp_path / "theirs", [])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(theirs / commands.SERVER_CERT, theirs / commands.SERVER_KEY)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+                with ctx.wrap_socket(conn, server_side=True):
+                    pass
+            except ssl.SSLError:
+                pass
+            except OSError:  # the listening socket was closed: done
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        commands.probe_superlink(f"127.0.0.1:{port}", theirs)  # its own CA verifies it
+        with pytest.raises(UsageError, match="does not verify"):
+            commands.probe_superlink(f"127.0.0.1:{port}", ours)
+    finally:
+        srv.close()
+
+
+def test_certs_cover_the_named_hosts_and_never_overwrite(tmp_path, capsys):
+    from cryptography import x509
+
+    out = commands.make_certs(tmp_path / "c", ["10.1.2.3", "link.example"])
+    cert = x509.load_pem_x509_certificate((out / commands.SERVER_CERT).read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "10.1.2.3"}
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "link.example"}
+    assert oct((out / "server.key").stat().st_mode)[-3:] == "600"
+    assert main(["deploy", "certs", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_node_config_checks_and_app_folder(tmp_path):
+    assert commands.node_config(1, 4, None) == "partition-id=1 num-partitions=4"
+    with pytest.raises(UsageError, match="0..3"):
+        commands.node_config(4, 4, None)
+    with pytest.raises(UsageError, match="csv:PATH or imagefolder:PATH"):
+        commands.node_config(0, None, "parquet:/x")
+    (tmp_path / "d.csv").write_text("text,label\na,x\n")
+    assert commands.node_config(0, None, f"csv:{tmp_path / 'd.csv'}").endswith(f'data="csv:{tmp_path / "d.csv"}"')
+    config = load_config(None, ["deploy.secagg=true", "fl.rounds=3"])
+    app = commands.app_dir(config, tmp_path / "out")
+    meta = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert meta["components"]["clientapp"] == "fedft.deploy.app:client_secagg"
+    assert json.loads(meta["config"]["fedft-config"]) == config.to_dict()
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["fl.mode='local'"], "federated"),
+    (["proxy.kind='fedot'"], "proxy.kind"),
+    (["method.name='layers'"], "layers"),
+    (["dp.mode='sample'", "dp.noise_multiplier=1.0"], "sample-level"),
+    (["deploy.secagg=true", "dp.mode='client'", "dp.noise_multiplier=1.0"], "SecAgg+"),
+    (["deploy.secagg=true", "fl.clients_per_round=1"], ">= 2"),
+])
+def test_what_a_deployed_run_refuses(sets, words):
+    with pytest.raises(UsageError, match=words):
+        check_deployable(load_config(None, [s.replace("'", '"') for s in sets]))
+
+
+def test_federation_is_added_without_losing_others(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n')
+    commands.write_federation("lab", "10.0.0.5:9092", None)
+    data = tomllib.loads((tmp_path / "config.toml").read_text())["superlink"]
+    assert data["default"] == "local" and data["local"]["address"] == ":local:"
+    assert data["lab"] == {"address": "10.0.0.5:9092", "insecure": True}
