@@ -48,7 +48,7 @@ def test_same_config_same_results(tmp_path, tiny):
     assert strip(c.rounds) != strip(a.rounds)
 
 
-@pytest.mark.parametrize("strategy", ["fedprox", "fedavgm", "fedadam"])
+@pytest.mark.parametrize("strategy", ["fedprox", "fedavgm", "fedadam", "median", "trimmed_mean", "krum"])
 def test_strategies_run(tmp_path, tiny, strategy):
     result = run(tmp_path, tiny, **{"method.name": "bias", "fl.strategy": strategy})
     assert len(result.rounds) == 2 and result.final["accuracy"] is not None

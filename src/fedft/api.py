@@ -21,6 +21,7 @@ from fedft.fl import comm
 from fedft.fl.client import client_seed
 from fedft.fl.loop import MODES, Setup
 from fedft.fl.strategies import STRATEGIES
+from fedft.fl.validate import malicious_clients
 from fedft.methods import METHODS, Method, trainable_parameters
 from fedft.methods.base import count_parameters, freeze_unused
 from fedft.models import Backbone, Classifier, load_backbone
@@ -197,7 +198,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     setup = Setup(exp.model, exp.params, train, test, exp.clients, fl, exp.lr, config.comm.dtype,
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
                   precision=precision(fl, exp.model, sample_dp is not None), dp=dp, sample_dp=sample_dp,
-                  proxy=exp.proxy, selector=exp.selector, remote=remote(exp) if remote else None)
+                  proxy=exp.proxy, selector=exp.selector, remote=remote(exp) if remote else None,
+                  malicious=malicious_clients(len(exp.clients), fl.malicious_fraction, fl.seed))
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {

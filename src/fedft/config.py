@@ -139,7 +139,21 @@ class FLConfig:
                                 "false = uniformly random batches", default=True)
     lr: float = doc("local learning rate (AdamW); 0 = the method's default", default=0.0)
     weight_decay: float = doc("AdamW weight decay on trainable parameters", default=0.0)
-    strategy: str = doc("server strategy: fedavg | fedprox | fedavgm | fedadam", default="fedavg")
+    strategy: str = doc("server strategy: fedavg | fedprox | fedavgm | fedadam | median | trimmed_mean | krum "
+                        "(the last three are robust to some malicious clients)", default="fedavg")
+    trim_beta: float = doc("trimmed_mean: share of updates dropped at each end, per coordinate", default=0.2)
+    krum_byzantine: int = doc("krum: malicious clients assumed per round (scores use the n - f - 2 nearest)",
+                              default=1)
+    krum_keep: int = doc("krum: updates averaged (1 = Krum, more = Multi-Krum)", default=1)
+    max_update_norm: float = doc("the server rejects an update whose L2 norm (against the global state it started "
+                                 "from) is above this (0 = no limit); NaN/Inf, unknown keys and wrong shapes are "
+                                 "always rejected", default=0.0)
+    malicious_fraction: float = doc("simulation: share of the clients (fixed, seeded) that send a corrupted update "
+                                    "(fl.attack)", default=0.0)
+    attack: str = doc("what malicious clients send: sign_flip (start - attack_scale * update) | scale (start + "
+                      "attack_scale * update) | random (noise of attack_scale x the update's norm)",
+                      default="sign_flip")
+    attack_scale: float = doc("size of the attack", default=5.0)
     mu: float = doc("fedprox: weight of the proximal term mu/2 * ||w - w_global||^2", default=0.01)
     server_lr: float = doc("fedavgm/fedadam: server learning rate (0 = 1.0 for fedavgm, 0.01 for fedadam)",
                            default=0.0)
@@ -190,6 +204,17 @@ class FLConfig:
         if self.deadline < 0:
             raise UsageError(f"fl.deadline = {self.deadline}: must be >= 0 (0 = no deadline)")
         _at_least("fl.min_clients", self.min_clients, 1)
+        if self.max_update_norm < 0:
+            raise UsageError(f"fl.max_update_norm = {self.max_update_norm}: must be >= 0 (0 = no limit)")
+        if not 0 <= self.malicious_fraction <= 1:
+            raise UsageError(f"fl.malicious_fraction = {self.malicious_fraction}: must be in [0, 1]")
+        _choice("fl.attack", self.attack, ("sign_flip", "scale", "random"))
+        if self.attack_scale <= 0:
+            raise UsageError(f"fl.attack_scale = {self.attack_scale}: must be > 0")
+        if not 0 <= self.trim_beta < 0.5:
+            raise UsageError(f"fl.trim_beta = {self.trim_beta}: must be in [0, 0.5)")
+        _at_least("fl.krum_byzantine", self.krum_byzantine, 0)
+        _at_least("fl.krum_keep", self.krum_keep, 1)
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise UsageError(f"fl.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
         for key in ("lr", "weight_decay", "mu", "server_lr", "tau"):
@@ -357,6 +382,14 @@ class Config:
                              "outside the privacy accounting; set proxy.align_every = 0 under DP")
         if self.method.name == "layers" and self.proxy.kind != "none":
             raise UsageError("method.name = 'layers' with proxy.kind: not supported; choose one of the two")
+        if self.fl.strategy in ("median", "trimmed_mean", "krum"):
+            if self.method.name == "layers":
+                raise UsageError(f"fl.strategy = {self.fl.strategy!r} with method.name = 'layers': clients send "
+                                 f"different layers, which a robust aggregate over all updates cannot compare; use "
+                                 f"fedavg")
+            if self.dp.mode == "client":
+                raise UsageError(f"fl.strategy = {self.fl.strategy!r} with dp.mode = 'client': DP-FedAvg's noise is "
+                                 f"calibrated to the clipped mean; use fedavg (or a robust strategy without DP)")
         if self.method.name == "layers" and self.dp.mode != "none":
             raise UsageError("method.name = 'layers' with dp.mode: not supported (clients send different layers, "
                              "which the DP accounting here does not cover); use dp.mode = 'none'")

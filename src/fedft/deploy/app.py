@@ -64,7 +64,9 @@ class FlowerClients:
                                     "config": ConfigRecord({"cid": cid, "round": rnd})}),
                         dst_node_id=self.nodes[cid], message_type="train")
                 for start, cid in zip(starts, cids)]
+        t0 = time.perf_counter()
         replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
+        wall = time.perf_counter() - t0
         updates = []
         for cid in cids:
             reply = replies.get(self.nodes[cid])
@@ -75,7 +77,12 @@ class FlowerClients:
             state = reply.content["arrays"].to_torch_state_dict()
             metrics = reply.content["metrics"]
             updates.append(Update({n: state[n] for n in self.names},
-                                  int(metrics["num-examples"]), {"loss": float(metrics["loss"])}))
+                                  int(metrics["num-examples"]), {"loss": float(metrics["loss"]), "client": cid}))
+        if updates:
+            m = [r.content["metrics"] for r in replies.values() if not r.has_error()]
+            mean = {k: float(np.mean([float(x[k]) for x in m])) for k in ("startup-s", "load-s", "train-s")}
+            print(f"round {rnd}: {len(updates)} clients in {wall:.1f} s; per client {mean['startup-s']:.1f} s "
+                  f"start-up, {mean['load-s']:.1f} s loading, {mean['train-s']:.1f} s training", flush=True)
         return updates
 
 
@@ -202,8 +209,17 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"config": ConfigRecord({"cid": cid, "examples": me.examples})}), reply_to=msg)
 
 
+def _since_process_start() -> float:
+    """Seconds since this ClientApp process started (Python start-up and imports included)."""
+    import psutil
+
+    return time.time() - psutil.Process().create_time()
+
+
 def train(msg: Message, context: Context) -> Message:
+    t0 = time.perf_counter()
     me = node(context)
+    t_load = time.perf_counter() - t0
     if "fitins.config" in msg.content.config_records:  # SecAgg+: the legacy FitIns / FitRes layout
         import flwr.compat.common.recorddict_compat as compat
         from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
@@ -216,11 +232,15 @@ def train(msg: Message, context: Context) -> Message:
         return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
     state = msg.content["arrays"].to_torch_state_dict()
     start = {n: state[n] for n in me.names}
+    t1 = time.perf_counter()
     update = me.setup().train_clients([start], [me.cid], int(msg.content["config"]["round"]))[0]
     return Message(RecordDict({
         "arrays": ArrayRecord({n: update.state[n].detach().cpu().contiguous() for n in me.names}),
         "metrics": MetricRecord({"num-examples": update.num_examples,
-                                 "loss": float(update.metrics.get("loss", float("nan")))}),
+                                 "loss": float(update.metrics.get("loss", float("nan"))),
+                                 # where a node's time goes: start-up and imports, loading the client, training
+                                 "startup-s": _since_process_start() - (time.perf_counter() - t0),
+                                 "load-s": t_load, "train-s": time.perf_counter() - t1}),
     }), reply_to=msg)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 from fedft.config import FLConfig
 from fedft.fl import comm
 from fedft.fl.batched import train_batched
+from fedft.fl.validate import attack, problem
 from fedft.fl.client import (State, TrainConfig, Update, client_seed, lengths_for, load_state, local_train,
                              make_optimizer, read_state, shuffled_batches, train_batches)
 from fedft.fl.availability import client_fates
@@ -45,6 +46,7 @@ class Row:
     proxy_accuracy: float | None = None  # proxy runs (FedPFT/FedOT): the sub-model's own test accuracy; `accuracy`
     proxy_loss: float | None = None  # is the full model's, with the aggregated parameters plugged in
     selection: dict[str, list[int]] | None = None  # method layers: the layers each returned client trained
+    rejected: list[dict] | None = None  # updates the server refused before aggregation: {"client", "why"}
 
 
 @dataclass
@@ -68,6 +70,7 @@ class Setup:
     selector: LayerSelector | None = None  # method layers: which layers each client trains
     # clients that train elsewhere (fedft.deploy: SuperNodes over Flower): (starts, cids, round) -> their Updates
     remote: Callable[[list[State], list[int], int], list[Update]] | None = None
+    malicious: set[int] = field(default_factory=set)  # simulation: clients that send corrupted updates
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the global model (with a proxy: of the full model it is plugged into)."""
@@ -171,13 +174,26 @@ def federated(s: Setup) -> Iterator[Row]:
         if s.selector is not None:  # method layers: each client's layers (importance reports count as sent)
             trained, bytes_up = s.selector.choose(rnd, fates.returned, lambda cid: s.importance(start, cid))
         updates = s.train_clients([start] * len(fates.returned), fates.returned, rnd, trained)
-        for update in updates:
+        senders = fates.returned if len(updates) == len(fates.returned) else \
+            [u.metrics.get("client", -1) for u in updates]
+        for cid, update in zip(senders, updates):
+            if cid in s.malicious:  # simulation: this client corrupts what it sends
+                update.state = attack(s.fl.attack, s.fl.attack_scale, start, update.state,
+                                      client_seed(s.fl.seed, rnd, cid, 9))
             up = comm.encode(update.state, s.comm_dtype)
             bytes_up += len(up)
             update.state = comm.decode(up)  # the server sees exactly what was sent
+        rejected = [{"client": int(c), "why": why} for c, u in zip(senders, updates)
+                    if (why := problem(u.state, start, s.fl.max_update_norm))]
+        if rejected:
+            bad = {r["client"] for r in rejected}
+            fates_returned = [c for c in senders if c not in bad]
+            updates = [u for c, u in zip(senders, updates) if c not in bad]
+        else:
+            fates_returned = senders
         stats = None
         if s.proxy is not None and s.proxy.due(rnd) and updates:  # clients report their sub-FFNs' activity
-            stats = s.proxy.gather(s.model, s.params, updates, [s.clients[c] for c in fates.returned], s.train,
+            stats = s.proxy.gather(s.model, s.params, updates, [s.clients[c] for c in fates_returned], s.train,
                                    s.fl.batch_size)
             bytes_up += stats.nbytes() * len(updates)
         aggregated, dp_info = len(updates) >= s.fl.min_clients, None
@@ -196,7 +212,8 @@ def federated(s: Setup) -> Iterator[Row]:
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, bytes_down, sampled,
                   time.perf_counter() - t0, len(sampled), len(updates), len(fates.failed), len(fates.late),
                   aggregated, s.dp.epsilon(releases) if s.dp else s.sample_dp.epsilon() if s.sample_dp else None,
-                  dp_info, sub_acc, sub_loss, s.selector.selection(fates.returned) if s.selector else None)
+                  dp_info, sub_acc, sub_loss, s.selector.selection(fates.returned) if s.selector else None,
+                  rejected or None)
 
 
 def local_only(s: Setup) -> Iterator[Row]:
