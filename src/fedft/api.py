@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -178,13 +179,48 @@ def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) ->
     return Experiment(config, model, method, params, train, test, train_raw.classes, clients, backbone.source, proxy)
 
 
+def resumable(config: Config) -> str | None:
+    """Why a run of this config cannot be resumed from a checkpoint (None: it can)."""
+    if config.fl.mode != "federated":
+        return f"fl.mode = {config.fl.mode!r} (only federated runs keep checkpoints)"
+    if config.proxy.kind != "none":
+        return "proxy.kind (the sub-model's alignment state is not checkpointed)"
+    if config.method.name == "layers":
+        return "method.name = 'layers' (the layer selection state is not checkpointed)"
+    if config.dp.mode == "sample":
+        return "dp.mode = 'sample' (the per-client accountants are not checkpointed)"
+    return None
+
+
+def resume_config(run_dir: str | Path) -> Config:
+    """The config of the interrupted run in run_dir (fedft run --resume)."""
+    from fedft.fl import checkpoint
+
+    folder = Path(run_dir)
+    if not (folder / "results.json").is_file():
+        raise UsageError(f"--resume {str(folder)!r}: no results.json there (not a run folder)")
+    record = json.loads((folder / "results.json").read_text())
+    if record.get("status") == "completed":
+        raise UsageError(f"--resume {str(folder)!r}: that run already completed")
+    config = Config.from_dict(record["config"])
+    if (why := resumable(config)):
+        raise UsageError(f"--resume {str(folder)!r}: a run with {why} cannot be resumed")
+    if not (folder / checkpoint.NAME).is_file():
+        raise UsageError(f"--resume {str(folder)!r}: no {checkpoint.NAME} (the run stopped before its first round "
+                         f"ended); start it again")
+    return config
+
+
 def run(config: Config, out_dir: str | Path | None = None, progress: bool = False,
-        log: Callable[[str], None] | None = None, remote=None) -> Result:
+        log: Callable[[str], None] | None = None, remote=None, resume: bool = False) -> Result:
     """Run the experiment; write results.json, rounds.csv, curves.png and the trained parameters to out_dir
     (default runs/<timestamp>). results.json is rewritten after every round, so an interrupted run keeps
     its finished rounds. `remote(experiment)`, where given, makes the function that trains the sampled clients
     elsewhere (fedft.deploy: on Flower SuperNodes); everything else runs here as in a simulation."""
-    out = _check_out_dir(out_dir)
+    from fedft.fl import checkpoint
+
+    out = Path(out_dir) if resume else _check_out_dir(out_dir)
+    ckpt = checkpoint.load(out) if resume else None
     exp = prepare(config, log)
     dp = client_dp(config)  # calibrating the noise may fail: before anything is written
     sample_dp = sample_level_dp(config, exp)
@@ -199,7 +235,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                   strategy, tick=bar.update, parallel_clients=parallel_clients(fl, exp.model),
                   precision=precision(fl, exp.model, sample_dp is not None), dp=dp, sample_dp=sample_dp,
                   proxy=exp.proxy, selector=exp.selector, remote=remote(exp) if remote else None,
-                  malicious=malicious_clients(len(exp.clients), fl.malicious_fraction, fl.seed))
+                  malicious=malicious_clients(len(exp.clients), fl.malicious_fraction, fl.seed), resume=ckpt)
     trainable = sum(p.numel() for p in exp.params.values())
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
@@ -215,11 +251,18 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     if exp.proxy is not None:
         record["proxy"] = _proxy_record(exp)
         final["full_model_params"] = count_parameters(exp.proxy.full)
-    started, sent = time.perf_counter(), 0
+    keep = resumable(config) is None  # write a checkpoint after every round
+    if ckpt is not None:
+        record["rounds"] = ckpt["rows"]
+        if log:
+            log(f"resuming after round {ckpt['round']} of {fl.rounds}")
+    started, sent = time.perf_counter(), sum(r["bytes_up"] + r["bytes_down"] for r in record["rounds"])
     try:
         for row in MODES[fl.mode](setup):
             r = dataclasses.asdict(row)
             record["rounds"].append(r)
+            if keep:  # first the checkpoint (it holds the rows too), then results.json
+                checkpoint.save(out, {**setup.progress, "rows": record["rounds"]})
             sent += row.bytes_up + row.bytes_down
             test = "" if row.accuracy is None else f"  test accuracy {row.accuracy:.4f}  test loss {row.loss:.4f}"
             if row.returned < row.sampled and fl.mode == "federated":
@@ -254,6 +297,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
             plot_selection(out / "selection.png", record["rounds"], exp.selector.num_layers,
                            f"layers ({config.method.select}): clients per layer and round")
         record["status"] = "completed"
+        (out / checkpoint.NAME).unlink(missing_ok=True)  # nothing left to resume
     except BaseException as e:
         record["status"] = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {type(e).__name__}"
         raise

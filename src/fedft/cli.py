@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     _config_args(p)
     p.add_argument("--out", help="output folder (default runs/<timestamp>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-round lines")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last finished round "
+                   "(its own config; give nothing else)")
 
     p = sub.add_parser("methods", help="each tuning method's trainable parameters and share of the model")
     _config_args(p)
@@ -132,14 +134,17 @@ def _load(args: argparse.Namespace, extra: list[str] = ()):
 def cmd_run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from fedft.api import run
+    from fedft.api import resume_config, run
 
-    config = _load(args)
+    if args.resume and (args.config or args.config_opt or args.set or args.out):
+        raise UsageError("--resume RUN_DIR continues that run with its own config and folder: give no config, "
+                         "--set or --out with it")
+    config = resume_config(args.resume) if args.resume else _load(args)
     log = None if args.quiet else tqdm.write
     if log:
         log(f"fedft: {config.fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, "
             f"{config.data.num_clients} clients, {config.fl.rounds} rounds")
-    result = run(config, args.out, progress=not args.quiet, log=log)
+    result = run(config, args.resume or args.out, progress=not args.quiet, log=log, resume=bool(args.resume))
     f = result.final
     print(f"final accuracy {f['accuracy']:.4f}; {f['bytes_total'] / 1e6:.2f} MB sent; "
           f"{f['trainable_params']:,} of {f['total_params']:,} parameters trained; results in {result.out_dir}")

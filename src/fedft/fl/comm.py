@@ -17,5 +17,8 @@ def encode(state: State, dtype: str) -> bytes:
 
 
 def decode(payload: bytes) -> State:
-    """Back to float32 (the parameters' dtype) after the trip."""
-    return {k: v.float() for k, v in load(payload).items()}
+    """Back to float32 (the parameters' dtype) after the trip, keys sorted: safetensors hands them back in a
+    different order on every call, and anything that walks the keys (client DP draws its noise key by key) must see
+    the same order every run."""
+    loaded = load(payload)
+    return {k: loaded[k].float() for k in sorted(loaded)}

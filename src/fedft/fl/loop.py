@@ -15,6 +15,7 @@ from torch import nn
 from fedft.config import FLConfig
 from fedft.fl import comm
 from fedft.fl.batched import train_batched
+from fedft.fl.checkpoint import object_state, restore
 from fedft.fl.validate import attack, problem
 from fedft.fl.client import (State, TrainConfig, Update, client_seed, lengths_for, load_state, local_train,
                              make_optimizer, read_state, shuffled_batches, train_batches)
@@ -71,6 +72,8 @@ class Setup:
     # clients that train elsewhere (fedft.deploy: SuperNodes over Flower): (starts, cids, round) -> their Updates
     remote: Callable[[list[State], list[int], int], list[Update]] | None = None
     malicious: set[int] = field(default_factory=set)  # simulation: clients that send corrupted updates
+    resume: dict | None = None  # a checkpoint to continue from (fedft run --resume)
+    progress: dict | None = None  # after each round: what a checkpoint of it holds
 
     def evaluate(self) -> tuple[float, float]:
         """Test accuracy and loss of the global model (with a proxy: of the full model it is plugged into)."""
@@ -160,8 +163,14 @@ def federated(s: Setup) -> Iterator[Row]:
     aggregate (with DP if set) -> (proxy runs: align the sub-model) -> evaluate."""
     sampler = np.random.default_rng(client_seed(s.fl.seed, 1))
     global_state = read_state(s.params)
-    releases = 0
-    for rnd in range(1, s.fl.rounds + 1):
+    releases, first = 0, 1
+    if s.resume is not None:  # continue after the checkpoint's round, with every generator where it was
+        sampler.bit_generator.state = s.resume["sampler"]
+        global_state, releases, first = s.resume["global"], s.resume["releases"], s.resume["round"] + 1
+        load_state(s.params, global_state)
+        restore(s.strategy, s.resume["strategy"])
+        restore(s.dp, s.resume["dp"])
+    for rnd in range(first, s.fl.rounds + 1):
         t0 = time.perf_counter()
         sampled = sorted(sampler.choice(len(s.clients), s.fl.clients_per_round, replace=False).tolist())
         down = comm.encode(global_state, s.comm_dtype)
@@ -209,6 +218,8 @@ def federated(s: Setup) -> Iterator[Row]:
             s.proxy.align(stats, rnd)
         acc, loss = s.evaluate() if s.eval_round(rnd) else (None, None)
         sub_acc, sub_loss = s.evaluate_proxy() if s.eval_round(rnd) else (None, None)
+        s.progress = {"round": rnd, "global": global_state, "sampler": sampler.bit_generator.state,
+                      "releases": releases, "strategy": object_state(s.strategy), "dp": object_state(s.dp)}
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, bytes_down, sampled,
                   time.perf_counter() - t0, len(sampled), len(updates), len(fates.failed), len(fates.late),
                   aggregated, s.dp.epsilon(releases) if s.dp else s.sample_dp.epsilon() if s.sample_dp else None,

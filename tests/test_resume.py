@@ -1,0 +1,83 @@
+"""Checkpoint and resume: a run killed mid-way (SIGKILL) and resumed ends bit-identical to one never stopped."""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+import fedft
+from fedft.cli import main
+from fedft.config import load_config
+
+FEDFT = str(Path(sys.executable).parent / "fedft")
+
+
+def adapter(folder: Path):
+    files = sorted(folder.rglob("*.safetensors"))  # the exported trained parameters, whatever the method
+    return {str(f.relative_to(folder)): load_file(f) for f in files}
+
+
+def same(a: Path, b: Path) -> None:
+    wa, wb = adapter(a), adapter(b)
+    assert wa and wa.keys() == wb.keys()
+    for name in wa:
+        for k in wa[name]:
+            assert wa[name][k].equal(wb[name][k]), k
+    ra, rb = (json.loads((f / "results.json").read_text()) for f in (a, b))
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(ra["rounds"]) == strip(rb["rounds"])
+    assert ra["final"]["accuracy"] == rb["final"]["accuracy"] and rb["status"] == "completed"
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny):
+    sets = tiny(**{"method.name": "lora", "fl.rounds": 5, "fl.strategy": "fedadam", "data.partition": "dirichlet",
+                   "fl.batch_size": 4})
+    fedft.run(load_config(None, sets), tmp_path / "whole")
+    args = [FEDFT, "run", "--quiet", "--out", str(tmp_path / "killed"), *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = tmp_path / "killed" / "results.json"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if len(json.loads(results.read_text())["rounds"]) >= 2:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(json.loads(results.read_text())["rounds"])
+    assert 2 <= done < 5, f"the run was not stopped mid-way ({done} rounds)"
+    assert subprocess.run([FEDFT, "run", "--quiet", "--resume", str(tmp_path / "killed")]).returncode == 0
+    same(tmp_path / "whole", tmp_path / "killed")
+    assert not (tmp_path / "killed" / "checkpoint.pt").exists()
+
+
+def test_resume_with_client_dp_and_momentum_after_ctrl_c(tmp_path, tiny):
+    sets = tiny(**{"method.name": "bias", "fl.rounds": 4, "fl.strategy": "fedavgm", "dp.mode": "client",
+                   "dp.noise_multiplier": 0.5, "dp.clip": 1.0, "fl.clients_per_round": 3})
+    fedft.run(load_config(None, sets), tmp_path / "whole")
+
+    def stop_after_two(line):
+        if line.startswith("round   2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fedft.run(load_config(None, sets), tmp_path / "cut", log=stop_after_two)
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["status"] == "interrupted"
+    assert main(["run", "--quiet", "--resume", str(tmp_path / "cut")]) == 0
+    same(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_resume_refusals(tmp_path, tiny, capsys):
+    assert main(["run", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    fedft.run(load_config(None, tiny(**{"method.name": "bias"})), tmp_path / "done")
+    assert main(["run", "--resume", str(tmp_path / "done")]) == 2
+    assert "already completed" in capsys.readouterr().err
+    assert main(["run", "--resume", str(tmp_path / "done"), "--set", "fl.rounds=3"]) == 2
+    assert "give no config" in capsys.readouterr().err
