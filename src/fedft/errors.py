@@ -2,4 +2,9 @@
 
 
 class UsageError(Exception):
-    """Bad input (config value, file, missing package). The message names what was wrong and what is allowed."""
+    """Bad input (config value, file, missing package). The message names what was wrong and what is allowed.
+    Characters that would break the one line (newlines and other control characters, which the input itself may
+    carry) are shown escaped."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__("".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(message)))
