@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="this node's own training data (default: partition partition-id of the run's data.name)")
     p.add_argument("--port", type=int, default=9094, help="local port for the node's ClientApps (default 9094; "
                    "one per SuperNode on a host)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for training (default all cores; with "
+                   "several SuperNodes on one host, cores / nodes: oversubscribed cores train many times slower)")
     p = deploy.add_parser("run", help="submit an experiment to a SuperLink and wait for it")
     _config_args(p)
     p.add_argument("--superlink", metavar="HOST:PORT", help="the SuperLink (saved as a federation in $FLWR_HOME)")
@@ -112,7 +114,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return commands.superlink(args.certs, args.insecure, args.host, args.port, args.database)
     if args.deploy_command == "supernode":
         return commands.supernode(args.superlink, args.certs, args.insecure, args.partition_id, args.num_partitions,
-                                  args.data, args.port)
+                                  args.data, args.port, args.threads)
     return commands.deploy_run(_load(args), args.federation, args.superlink, args.certs, args.insecure, args.out)
 
 

@@ -86,8 +86,9 @@ class FlowerClients:
         return updates
 
 
-def connect(grid: Grid, num_clients: int, classes: list[str], wait: float = 120.0) -> tuple[dict[int, int], dict]:
-    """Wait for the SuperNodes, ask each which client it is: {client id: node id}, {client id: examples}."""
+def connect(grid: Grid, num_clients: int, classes: list[str], wait: float = 600.0) -> tuple[dict[int, int], dict]:
+    """Wait for the SuperNodes, ask each which client it is: {client id: node id}, {client id: examples}. A node
+    prepares its client (loads the model and its data) to answer, which on a busy host takes minutes."""
     t0 = time.monotonic()
     while len(ids := list(grid.get_node_ids())) < num_clients:
         if time.monotonic() - t0 > wait:
@@ -155,6 +156,8 @@ def node(context: Context) -> Node:
     import os
     from pathlib import Path
 
+    if int(context.node_config.get("threads", 0)) > 0:  # several SuperNodes on one host: share its cores
+        torch.set_num_threads(int(context.node_config["threads"]))
     key = hashlib.sha256(json.dumps([str(context.run_config["fedft-config"]), sorted(context.node_config.items())],
                                     default=str).encode()).hexdigest()[:20]
     root = Path(os.environ.get("FEDFT_CACHE", Path.home() / ".cache" / "fedft")) / "deploy"

@@ -158,7 +158,7 @@ def superlink(certs: str | None, insecure: bool, host: str, port: int, database:
     return _exec(cmd)
 
 
-def node_config(partition_id: int, num_partitions: int | None, data: str | None) -> str:
+def node_config(partition_id: int, num_partitions: int | None, data: str | None, threads: int = 0) -> str:
     if partition_id < 0:
         raise UsageError(f"--partition-id {partition_id}: must be >= 0")
     parts = [f"partition-id={partition_id}"]
@@ -175,13 +175,17 @@ def node_config(partition_id: int, num_partitions: int | None, data: str | None)
         if not (p.is_file() if kind == "csv" else p.is_dir()):
             raise UsageError(f"--data {data!r}: {p} {'is not a file' if kind == 'csv' else 'is not a folder'}")
         parts.append(f'data="{kind}:{p}"')
+    if threads < 0:
+        raise UsageError(f"--threads {threads}: must be >= 0 (0 = torch's default, all cores)")
+    if threads:
+        parts.append(f"threads={threads}")
     return " ".join(parts)
 
 
 def supernode(address: str, certs: str | None, insecure: bool, partition_id: int, num_partitions: int | None,
-              data: str | None, port: int) -> int:
+              data: str | None, port: int, threads: int = 0) -> int:
     require_flower()
-    config = node_config(partition_id, num_partitions, data)
+    config = node_config(partition_id, num_partitions, data, threads)
     folder = _cert_files(certs, insecure, (CA,))
     probe_superlink(address, folder)
     cmd = [_bin("flower-supernode"), "--superlink", address, "--node-config", config, "--port", str(port),
