@@ -31,6 +31,8 @@ EXPERIMENT = """
 name = "tiny-bert"
 [data]
 num_clients = 2
+train_per_class = 20   # 300 glosses: each ClientApp process prepares its client in seconds
+test_per_class = 10
 [method]
 name = "lora"
 [fl]
