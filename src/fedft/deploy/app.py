@@ -154,13 +154,14 @@ def node(context: Context) -> Node:
     after the first message (under $FEDFT_CACHE/deploy, default ~/.cache/fedft) and loaded from there afterwards."""
     import hashlib
     import os
-    from pathlib import Path
+
+    from fedft.models.dinov2_onnx import cache_root
 
     if int(context.node_config.get("threads", 0)) > 0:  # several SuperNodes on one host: share its cores
         torch.set_num_threads(int(context.node_config["threads"]))
     key = hashlib.sha256(json.dumps([str(context.run_config["fedft-config"]), sorted(context.node_config.items())],
                                     default=str).encode()).hexdigest()[:20]
-    root = Path(os.environ.get("FEDFT_CACHE", Path.home() / ".cache" / "fedft")) / "deploy"
+    root = cache_root() / "deploy"
     path = root / f"node-{key}.pt"
     if path.is_file():
         try:

@@ -194,12 +194,9 @@ def federated(s: Setup) -> Iterator[Row]:
             update.state = comm.decode(up)  # the server sees exactly what was sent
         rejected = [{"client": int(c), "why": why} for c, u in zip(senders, updates)
                     if (why := problem(u.state, start, s.fl.max_update_norm))]
-        if rejected:
-            bad = {r["client"] for r in rejected}
-            fates_returned = [c for c in senders if c not in bad]
-            updates = [u for c, u in zip(senders, updates) if c not in bad]
-        else:
-            fates_returned = senders
+        bad = {r["client"] for r in rejected}
+        fates_returned = [c for c in senders if c not in bad]
+        updates = [u for c, u in zip(senders, updates) if c not in bad]
         stats = None
         if s.proxy is not None and s.proxy.due(rnd) and updates:  # clients report their sub-FFNs' activity
             stats = s.proxy.gather(s.model, s.params, updates, [s.clients[c] for c in fates_returned], s.train,

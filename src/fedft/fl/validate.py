@@ -8,9 +8,6 @@ import torch
 
 from fedft.fl.client import State, client_seed
 
-ATTACKS = ("sign_flip", "scale", "random")
-
-
 def update_norm(state: State, start: State) -> float:
     """L2 norm of the update (state - start) over the keys the client sent."""
     return math.sqrt(sum(float((state[k].double() - start[k].double()).pow(2).sum()) for k in state))

@@ -36,9 +36,13 @@ def onnx_path() -> Path:
     return path
 
 
+def cache_root() -> Path:
+    """fedft's cache folder: $FEDFT_CACHE, default ~/.cache/fedft."""
+    return Path(os.environ.get("FEDFT_CACHE", Path.home() / ".cache" / "fedft"))
+
+
 def cache_dir() -> Path:
-    root = Path(os.environ.get("FEDFT_CACHE", Path.home() / ".cache" / "fedft"))
-    return root / CACHE_NAME
+    return cache_root() / CACHE_NAME
 
 
 def dinov2_small_path() -> str:

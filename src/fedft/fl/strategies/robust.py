@@ -5,33 +5,34 @@ from fedft.fl.client import Update
 from fedft.fl.strategies.base import STRATEGIES, Strategy
 
 
-def _full(current: State, updates: list[Update]) -> list[Update]:
-    return [u for u in updates if u.num_examples > 0 and u.state.keys() == current.keys()]
+class _Robust(Strategy):
+    """Combines the updates that carry every parameter (and trained on data); none such: the state stays."""
+
+    def aggregate(self, current: State, updates: list[Update]) -> State:
+        kept = [u for u in updates if u.num_examples > 0 and u.state.keys() == current.keys()]
+        return self.combine(kept) if kept else current
+
+    def combine(self, updates: list[Update]) -> State:
+        raise NotImplementedError
 
 
 @STRATEGIES.register("median")
-class FedMedian(Strategy):
-    def aggregate(self, current: State, updates: list[Update]) -> State:
-        kept = _full(current, updates)
-        return coordinate_median([u.state for u in kept]) if kept else current
+class FedMedian(_Robust):
+    def combine(self, updates: list[Update]) -> State:
+        return coordinate_median([u.state for u in updates])
 
 
 @STRATEGIES.register("trimmed_mean")
-class FedTrimmedAvg(Strategy):
-    def aggregate(self, current: State, updates: list[Update]) -> State:
-        kept = _full(current, updates)
-        if not kept:
-            return current
-        if 2 * int(self.cfg.trim_beta * len(kept)) >= len(kept):  # too few updates to trim: plain median
-            return coordinate_median([u.state for u in kept])
-        return trimmed_mean([u.state for u in kept], self.cfg.trim_beta)
+class FedTrimmedAvg(_Robust):
+    def combine(self, updates: list[Update]) -> State:
+        if 2 * int(self.cfg.trim_beta * len(updates)) >= len(updates):  # too few updates to trim: plain median
+            return coordinate_median([u.state for u in updates])
+        return trimmed_mean([u.state for u in updates], self.cfg.trim_beta)
 
 
 @STRATEGIES.register("krum")
-class Krum(Strategy):
-    def aggregate(self, current: State, updates: list[Update]) -> State:
-        kept = _full(current, updates)
-        if not kept:
-            return current
-        chosen = [kept[i] for i in krum_select([u.state for u in kept], self.cfg.krum_byzantine, self.cfg.krum_keep)]
+class Krum(_Robust):
+    def combine(self, updates: list[Update]) -> State:
+        chosen = [updates[i] for i in krum_select([u.state for u in updates], self.cfg.krum_byzantine,
+                                                  self.cfg.krum_keep)]
         return weighted_average([u.state for u in chosen], [u.num_examples for u in chosen])
