@@ -115,3 +115,30 @@ def test_bad_updates_are_rejected_and_the_run_completes(tmp_path, tiny, monkeypa
         assert any("NaN" in w for w in whys) and any("shape" in w for w in whys)
         assert row["returned"] == 4 - len(whys)
     assert any("max_update_norm" in r["why"] for row in result.rounds for r in row["rejected"])
+
+
+def test_norm_outliers_by_hand():
+    from fedft.fl.validate import norm_outliers
+    flags = norm_outliers([1.0, 1.2, 0.9, 30.0, 1.1], 10.0)  # median 1.1: only 30 > 11
+    assert [f is not None for f in flags] == [False, False, False, True, False]
+    assert "max_norm_ratio" in flags[3]
+    assert norm_outliers([1.0, 30.0], 10.0) == [None, None]  # no majority to compare against
+    assert norm_outliers([1.0, 1.0, 30.0], 0.0) == [None, None, None]  # off
+
+
+def test_update_far_out_of_line_is_rejected(tmp_path, tiny):
+    """With no absolute limit, a 1000x-scaled update is rejected as out of line with the round's others; the honest
+    updates all pass."""
+    import fedft
+    from fedft.fl.validate import malicious_clients
+
+    cfg = load_config(None, tiny(**{"method.name": "bias", "data.num_clients": 6, "fl.clients_per_round": 6,
+                                    "fl.malicious_fraction": 1 / 6, "fl.attack": "scale", "fl.attack_scale": 1000.0,
+                                    "fl.max_norm_ratio": 10.0}))
+    result = fedft.run(cfg, tmp_path / "r")
+    evil = malicious_clients(6, 1 / 6, cfg.fl.seed)
+    for row in result.rounds:
+        assert {r["client"] for r in row["rejected"]} == evil
+        assert all("max_norm_ratio" in r["why"] for r in row["rejected"]) and row["returned"] == 5
+    with pytest.raises(UsageError, match="max_norm_ratio"):
+        load_config(None, ["fl.max_norm_ratio=0.5"])

@@ -148,6 +148,9 @@ class FLConfig:
     max_update_norm: float = doc("the server rejects an update whose L2 norm (against the global state it started "
                                  "from) is above this (0 = no limit); NaN/Inf, unknown keys and wrong shapes are "
                                  "always rejected", default=0.0)
+    max_norm_ratio: float = doc("the server rejects an update whose L2 norm is above this many times the median "
+                                "norm of the round's updates (far out of line with the others; 0 = no check; "
+                                "needs 3 or more updates in the round)", default=0.0)
     malicious_fraction: float = doc("simulation: share of the clients (fixed, seeded) that send a corrupted update "
                                     "(fl.attack)", default=0.0)
     attack: str = doc("what malicious clients send: sign_flip (start - attack_scale * update) | scale (start + "
@@ -206,6 +209,8 @@ class FLConfig:
         _at_least("fl.min_clients", self.min_clients, 1)
         if self.max_update_norm < 0:
             raise UsageError(f"fl.max_update_norm = {self.max_update_norm}: must be >= 0 (0 = no limit)")
+        if self.max_norm_ratio != 0 and not self.max_norm_ratio > 1:
+            raise UsageError(f"fl.max_norm_ratio = {self.max_norm_ratio}: must be > 1 (or 0 = no check)")
         if not 0 <= self.malicious_fraction <= 1:
             raise UsageError(f"fl.malicious_fraction = {self.malicious_fraction}: must be in [0, 1]")
         _choice("fl.attack", self.attack, ("sign_flip", "scale", "random"))

@@ -16,7 +16,7 @@ from fedft.config import FLConfig
 from fedft.fl import comm
 from fedft.fl.batched import train_batched
 from fedft.fl.checkpoint import object_state, restore
-from fedft.fl.validate import attack, problem
+from fedft.fl.validate import attack, norm_outliers, problem, update_norm
 from fedft.fl.client import (State, TrainConfig, Update, client_seed, lengths_for, load_state, local_train,
                              make_optimizer, read_state, shuffled_batches, train_batches)
 from fedft.fl.availability import client_fates
@@ -194,6 +194,12 @@ def federated(s: Setup) -> Iterator[Row]:
             update.state = comm.decode(up)  # the server sees exactly what was sent
         rejected = [{"client": int(c), "why": why} for c, u in zip(senders, updates)
                     if (why := problem(u.state, start, s.fl.max_update_norm))]
+        bad = {r["client"] for r in rejected}
+        kept = [(c, u) for c, u in zip(senders, updates) if c not in bad]
+        if s.fl.max_norm_ratio:  # far out of line with the round's other updates
+            norms = [update_norm(u.state, start) for _, u in kept]
+            rejected += [{"client": int(c), "why": why}
+                         for (c, _), why in zip(kept, norm_outliers(norms, s.fl.max_norm_ratio)) if why]
         bad = {r["client"] for r in rejected}
         fates_returned = [c for c in senders if c not in bad]
         updates = [u for c, u in zip(senders, updates) if c not in bad]

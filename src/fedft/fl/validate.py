@@ -33,6 +33,17 @@ def problem(state: State, start: State, max_norm: float) -> str | None:
     return None
 
 
+def norm_outliers(norms: list[float], ratio: float) -> list[int | None]:
+    """For each update norm, whether it is far out of line with the round's others: above ratio times their median
+    (0 = no check). Returns the why-line or None per update. With fewer than 3 updates there is no majority to
+    compare against, so none is flagged."""
+    if ratio <= 0 or len(norms) < 3:
+        return [None] * len(norms)
+    med = float(np.median(norms))
+    return [f"update norm {n:.4g} > fl.max_norm_ratio = {ratio:g} x the round's median {med:.4g}"
+            if n > ratio * med else None for n in norms]
+
+
 def malicious_clients(num_clients: int, fraction: float, seed: int) -> set[int]:
     """The clients that attack (fixed for the run, seeded): round(fraction * num_clients) of them."""
     n = int(round(fraction * num_clients))
