@@ -183,12 +183,6 @@ def resumable(config: Config) -> str | None:
     """Why a run of this config cannot be resumed from a checkpoint (None: it can)."""
     if config.fl.mode != "federated":
         return f"fl.mode = {config.fl.mode!r} (only federated runs keep checkpoints)"
-    if config.proxy.kind != "none":
-        return "proxy.kind (the sub-model's alignment state is not checkpointed)"
-    if config.method.name == "layers":
-        return "method.name = 'layers' (the layer selection state is not checkpointed)"
-    if config.dp.mode == "sample":
-        return "dp.mode = 'sample' (the per-client accountants are not checkpointed)"
     return None
 
 

@@ -170,6 +170,12 @@ def federated(s: Setup) -> Iterator[Row]:
         load_state(s.params, global_state)
         restore(s.strategy, s.resume["strategy"])
         restore(s.dp, s.resume["dp"])
+        if s.selector is not None:  # method layers: each client's mask and the round it was chosen
+            s.selector.masks = s.resume["masks"]
+        if s.sample_dp is not None:  # sample-level DP: each client's accountant history
+            s.sample_dp.history = s.resume["sample_dp"]
+        if s.proxy is not None:  # FedPFT: the sub-model's re-aligned FFNs and who has them
+            s.proxy.restore(s.resume["proxy"])
     for rnd in range(first, s.fl.rounds + 1):
         t0 = time.perf_counter()
         sampled = sorted(sampler.choice(len(s.clients), s.fl.clients_per_round, replace=False).tolist())
@@ -222,7 +228,10 @@ def federated(s: Setup) -> Iterator[Row]:
         acc, loss = s.evaluate() if s.eval_round(rnd) else (None, None)
         sub_acc, sub_loss = s.evaluate_proxy() if s.eval_round(rnd) else (None, None)
         s.progress = {"round": rnd, "global": global_state, "sampler": sampler.bit_generator.state,
-                      "releases": releases, "strategy": object_state(s.strategy), "dp": object_state(s.dp)}
+                      "releases": releases, "strategy": object_state(s.strategy), "dp": object_state(s.dp),
+                      "masks": dict(s.selector.masks) if s.selector else None,
+                      "sample_dp": {c: list(h) for c, h in s.sample_dp.history.items()} if s.sample_dp else None,
+                      "proxy": s.proxy.state() if s.proxy else None}
         yield Row(rnd, acc, loss, _mean_loss(updates), bytes_up, bytes_down, sampled,
                   time.perf_counter() - t0, len(sampled), len(updates), len(fates.failed), len(fates.late),
                   aggregated, s.dp.epsilon(releases) if s.dp else s.sample_dp.epsilon() if s.sample_dp else None,

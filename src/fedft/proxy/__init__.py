@@ -229,6 +229,20 @@ class ProxyRun:
             total.add(self.client_stats(model, data, idx, max(batch_size, 64)))
         return total
 
+    def state(self) -> dict:
+        """What the run has changed since it began (for checkpoints): the re-aligned FFN weights, their version, the
+        version each client holds, the alignments so far."""
+        return {"ffn": [p.detach().clone() for p in ffn_parameters(self.student, self.info)],
+                "version": self.version, "client_version": dict(self.client_version),
+                "alignments": list(self.alignments)}
+
+    @torch.no_grad()
+    def restore(self, state: dict) -> None:
+        for p, saved in zip(ffn_parameters(self.student, self.info), state["ffn"], strict=True):
+            p.copy_(saved)
+        self.version, self.client_version = state["version"], dict(state["client_version"])
+        self.alignments = list(state["alignments"])
+
     def align(self, stats: ActivationStats, rnd: int) -> dict:
         """Freeze the most active share of each compressed FFN's neurons and re-distil the rest against the FM."""
         frozen = most_active(stats.activity(self.cfg.align_stat), self.cfg.align_keep)
