@@ -200,9 +200,8 @@ def federated(s: Setup) -> Iterator[Row]:
             update.state = comm.decode(up)  # the server sees exactly what was sent
         rejected = [{"client": int(c), "why": why} for c, u in zip(senders, updates)
                     if (why := problem(u.state, start, s.fl.max_update_norm))]
-        bad = {r["client"] for r in rejected}
-        kept = [(c, u) for c, u in zip(senders, updates) if c not in bad]
-        if s.fl.max_norm_ratio:  # far out of line with the round's other updates
+        if s.fl.max_norm_ratio:  # far out of line with the round's other (valid) updates
+            kept = [(c, u) for c, u in zip(senders, updates) if c not in {r["client"] for r in rejected}]
             norms = [update_norm(u.state, start) for _, u in kept]
             rejected += [{"client": int(c), "why": why}
                          for (c, _), why in zip(kept, norm_outliers(norms, s.fl.max_norm_ratio)) if why]

@@ -33,7 +33,7 @@ def problem(state: State, start: State, max_norm: float) -> str | None:
     return None
 
 
-def norm_outliers(norms: list[float], ratio: float) -> list[int | None]:
+def norm_outliers(norms: list[float], ratio: float) -> list[str | None]:
     """For each update norm, whether it is far out of line with the round's others: above ratio times their median
     (0 = no check). Returns the why-line or None per update. With fewer than 3 updates there is no majority to
     compare against, so none is flagged."""
