@@ -227,3 +227,41 @@ def test_federation_is_added_without_losing_others(tmp_path, monkeypatch):
     data = tomllib.loads((tmp_path / "config.toml").read_text())["superlink"]
     assert data["default"] == "local" and data["local"]["address"] == ":local:"
     assert data["lab"] == {"address": "10.0.0.5:9092", "insecure": True}
+
+
+def test_flower_sim_backend_equals_the_engine(tmp_path, flower_env):
+    """fl.backend = "flower-sim" runs fedft's ServerApp and ClientApps on Flower's simulation runtime (Ray). Each Ray
+    actor has one core (deploy.sim_client_cpus = 1), so against the engine on one thread the result is the same to
+    the bit; the SuperLink and the simulation processes are gone afterwards."""
+    pytest.importorskip("ray")
+    import psutil
+
+    config = tmp_path / "exp.toml"
+    config.write_text(EXPERIMENT.replace("num_clients = 2", "num_clients = 4"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(config), "--out", str(tmp_path / "engine"), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    sim = tmp_path / "sim"
+    assert main(["run", str(config), "--out", str(sim), "--quiet", "--set", 'fl.backend="flower-sim"']) == 0
+    want, got = adapter(tmp_path / "engine"), adapter(sim)
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
+    rows = [json.loads((f / "results.json").read_text())["rounds"] for f in (tmp_path / "engine", sim)]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows[0]) == strip(rows[1]) and len(rows[1]) == 2
+    assert "Starting Flower Simulation" in (sim / "flower.log").read_text()
+    assert not psutil.Process().children(recursive=True)
+
+
+@pytest.mark.parametrize("sets, words", [
+    (['method.name="layers"'], "selective layers run in the simulation only"),
+    (['fl.mode="local"'], "a deployed run is federated"),
+    (["deploy.sim_client_cpus=0"], "sim_client_cpus"),
+])
+def test_flower_sim_refusals(tmp_path, sets, words, capsys):
+    args = ["run", "--out", str(tmp_path / "r"), "--set", 'fl.backend="flower-sim"']
+    assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 2
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -214,6 +214,12 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     from fedft.fl import checkpoint
 
     out = Path(out_dir) if resume else _check_out_dir(out_dir)
+    if config.fl.backend == "flower-sim" and remote is None:  # Flower's runtime calls this function in its ServerApp
+        from fedft.deploy.simulation import simulate
+
+        simulate(config, out, log, resume)
+        record = json.loads((out / "results.json").read_text())
+        return Result(record["config"], record["rounds"], record["final"], out)
     ckpt = checkpoint.load(out) if resume else None
     exp = prepare(config, log)
     dp = client_dp(config)  # calibrating the noise may fail: before anything is written

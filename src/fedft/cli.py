@@ -5,7 +5,7 @@ import argparse
 import signal
 import sys
 
-from fedft.errors import UsageError
+from fedft.errors import RunFailed, UsageError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fedft: interrupted; the rounds finished so far are in results.json", file=sys.stderr)
         return 130
+    except RunFailed as e:
+        print(f"fedft: {e}", file=sys.stderr)
+        return 1
 
 
 def _tls_args(p: argparse.ArgumentParser) -> None:

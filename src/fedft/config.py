@@ -171,6 +171,8 @@ class FLConfig:
                                 "model (cross-client batching); 1 = one after another; 0 = auto: 1 on a CPU, "
                                 "where batching was measured to gain nothing, else all sampled clients",
                                 default=0)
+    backend: str = doc("engine (fedft's in-process engine) | flower-sim (Flower's simulation runtime: each client a "
+                       "Flower ClientApp in a Ray actor; needs pip install 'fedft[flower-sim]')", default="engine")
     device: str = doc("where to train: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda | cuda:N",
                       default="auto")
     precision: str = doc("auto (bf16 autocast on a GPU, fp32 on a CPU, where bf16 was measured slower) | fp32 | bf16",
@@ -190,6 +192,7 @@ class FLConfig:
 
     def check(self) -> None:
         _choice("fl.mode", self.mode, ("federated", "local", "central"))
+        _choice("fl.backend", self.backend, ("engine", "flower-sim"))
         _at_least("fl.rounds", self.rounds, 1)
         _at_least("fl.clients_per_round", self.clients_per_round, 1)
         _at_least("fl.local_epochs", self.local_epochs, 1)
@@ -318,6 +321,8 @@ class DeployConfig:
     secagg_clip: float = doc("SecAgg+: trainable values are clipped to [-secagg_clip, secagg_clip] before "
                              "quantisation", default=8.0)
     secagg_bits: int = doc("SecAgg+: quantisation levels are 2**secagg_bits (at most 30)", default=22)
+    sim_client_cpus: float = doc("fl.backend = 'flower-sim': CPU cores each simulated client (Ray actor) gets; the "
+                                 "clients trained at once are the machine's cores over this", default=1.0)
     timeout: float = doc("fedft deploy: seconds the server waits for a round's replies (0 = no limit); a "
                          "SuperNode that has not replied by then counts as dropped out", default=0.0)
 
@@ -326,6 +331,8 @@ class DeployConfig:
             raise UsageError(f"deploy.secagg_clip = {self.secagg_clip}: must be > 0")
         if not 8 <= self.secagg_bits <= 30:
             raise UsageError(f"deploy.secagg_bits = {self.secagg_bits}: must be in [8, 30]")
+        if not self.sim_client_cpus > 0:
+            raise UsageError(f"deploy.sim_client_cpus = {self.sim_client_cpus}: must be > 0")
         if self.timeout < 0:
             raise UsageError(f"deploy.timeout = {self.timeout}: must be >= 0 (0 = no limit)")
 

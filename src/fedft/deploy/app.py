@@ -3,7 +3,7 @@ training to its SuperNode; `client` / `client_secagg` (ClientApps) train one cli
 
 Messages carry the trainable parameters only (ArrayRecord, float32: the server applies comm.dtype to what comes
 back, as in the simulation, so bytes and rounding match `fedft run`). Run config keys: `fedft-config` (the
-experiment as JSON) and `out` (the results folder on the SuperLink's host). Node config keys: `partition-id`
+experiment as JSON), `out` (the results folder on the SuperLink's host) and `resume` (continue the run there). Node config keys: `partition-id`
 (which client this node is), `num-partitions` (checked against data.num_clients), and optionally `data`
 (csv:PATH or imagefolder:PATH: this node's own training data instead of a partition of data.name).
 """
@@ -42,7 +42,7 @@ def main(grid: Grid, context: Context) -> None:
     check_deployable(config)
     out = str(context.run_config["out"])
     fedft.run(config, out, log=lambda line: print(line, flush=True),
-              remote=lambda exp: FlowerClients(grid, context, exp))
+              remote=lambda exp: FlowerClients(grid, context, exp), resume=bool(context.run_config.get("resume")))
 
 
 class FlowerClients:
@@ -148,59 +148,72 @@ class Node:
                      precision=precision(fl, self.model))
 
 
+_PREPARED: dict[str, Node] = {}  # this process's prepared experiments (Flower's simulation reuses its processes)
+
+
 def node(context: Context) -> Node:
-    """This node's client. Flower starts a fresh ClientApp process for every message, so the prepared client (the
-    frozen base model with the method applied, and the node's tokenised or decoded data) is kept on the node's disk
-    after the first message (under $FEDFT_CACHE/deploy, default ~/.cache/fedft) and loaded from there afterwards."""
+    """This node's client. The prepared experiment (the frozen base model with the method applied, the tokenised or
+    decoded data and its partitions) is kept in this process, for the simulation runtime, whose workers serve many
+    clients, and on the node's disk (under $FEDFT_CACHE/deploy, default ~/.cache/fedft), because a deployed
+    SuperNode starts a fresh ClientApp process for every message. It does not depend on the partition id, so nodes
+    that share a host share it."""
     import hashlib
     import os
 
     from fedft.models.dinov2_onnx import cache_root
 
-    if int(context.node_config.get("threads", 0)) > 0:  # several SuperNodes on one host: share its cores
-        torch.set_num_threads(int(context.node_config["threads"]))
-    key = hashlib.sha256(json.dumps([str(context.run_config["fedft-config"]), sorted(context.node_config.items())],
-                                    default=str).encode()).hexdigest()[:20]
-    root = cache_root() / "deploy"
-    path = root / f"node-{key}.pt"
-    if path.is_file():
+    config, nc = run_config(context), context.node_config
+    if int(nc.get("threads", 0)) > 0:  # several SuperNodes on one host: share its cores
+        torch.set_num_threads(int(nc["threads"]))
+    cid = client_id(config, nc)
+    shared = sorted((k, v) for k, v in nc.items() if k not in ("partition-id", "num-partitions"))
+    key = hashlib.sha256(json.dumps([str(context.run_config["fedft-config"]), shared], default=str).encode()
+                         ).hexdigest()[:20]
+    base = _PREPARED.get(key)
+    path = cache_root() / "deploy" / f"node-{key}.pt"
+    if base is None and path.is_file():
         try:
-            return torch.load(path, weights_only=False)  # written by this code on this node
+            base = torch.load(path, weights_only=False)  # written by this code on this node
         except Exception:  # a damaged file: prepare again
             path.unlink(missing_ok=True)
-    me = prepare_node(context)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    torch.save(me, tmp)
-    os.replace(tmp, path)
-    return me
+    if base is None:
+        base = prepare_node(config, str(nc.get("data", "")))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        torch.save(base, tmp)
+        os.replace(tmp, path)
+    _PREPARED[key] = base
+    clients = [np.empty(0, dtype=np.int64)] * config.data.num_clients
+    clients[cid] = base.clients[0 if nc.get("data") else cid]  # seeds depend on the client id, as in the simulation
+    return dataclasses.replace(base, cid=cid, clients=clients)
 
 
-def prepare_node(context: Context) -> Node:
-    from fedft.api import prepare
-
-    config = run_config(context)
-    nc = context.node_config
+def client_id(config: Config, nc) -> int:
+    """The client this node is (its partition-id), checked against the run's data.num_clients."""
     if "partition-id" not in nc:
         raise UsageError("this SuperNode has no partition-id in its node config (fedft deploy supernode "
                          "--partition-id I)")
-    cid = int(nc["partition-id"])
-    if not 0 <= cid < config.data.num_clients:
-        raise UsageError(f"partition-id = {cid}: the run has data.num_clients = {config.data.num_clients} "
-                         f"(ids 0..{config.data.num_clients - 1})")
-    num_clients = config.data.num_clients
+    cid, num_clients = int(nc["partition-id"]), config.data.num_clients
+    if not 0 <= cid < num_clients:
+        raise UsageError(f"partition-id = {cid}: the run has data.num_clients = {num_clients} "
+                         f"(ids 0..{num_clients - 1})")
     if "num-partitions" in nc and int(nc["num-partitions"]) != num_clients:
         raise UsageError(f"num-partitions = {nc['num-partitions']} in this SuperNode's node config, but the run has "
                          f"data.num_clients = {num_clients}")
-    own = str(nc.get("data", ""))
+    return cid
+
+
+def prepare_node(config: Config, own: str) -> Node:
+    """The experiment as a node sees it: every partition of the run's data set, or (own = csv:PATH or
+    imagefolder:PATH) the node's own data as its one client."""
+    from fedft.api import prepare
+
     if own:  # this node's own data, all of it for training
         data = dataclasses.replace(config.data, name=own, num_clients=1, partition="iid", min_partition_size=1)
         exp = prepare(dataclasses.replace(config, data=data))
     else:
         exp = prepare(config)
-    clients = [np.empty(0, dtype=np.int64)] * num_clients
-    clients[cid] = exp.clients[0 if own else cid]  # seeds depend on the client id, as in the simulation
-    return Node(cid, config, exp.model, exp.train, clients, exp.lr, exp.classes)
+    return Node(-1, config, exp.model, exp.train, exp.clients, exp.lr, exp.classes)
 
 
 def query(msg: Message, context: Context) -> Message:

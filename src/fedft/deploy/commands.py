@@ -198,9 +198,10 @@ def _toml_value(v) -> str:
     return json.dumps(v) if isinstance(v, str) else ("true" if v is True else "false" if v is False else str(v))
 
 
-def write_federation(name: str, address: str, ca: Path | None) -> Path:
-    """Add (or replace) [superlink.NAME] in $FLWR_HOME/config.toml, keeping every other entry."""
-    home = Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+def write_federation(name: str, address: str, ca: Path | None, home: Path | None = None) -> Path:
+    """Add (or replace) [superlink.NAME] in $FLWR_HOME/config.toml (or home/config.toml), keeping every other
+    entry."""
+    home = home or Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
     path = home / "config.toml"
     data = tomllib.loads(path.read_text()) if path.is_file() else {}
     links = data.setdefault("superlink", {})
@@ -221,7 +222,7 @@ def write_federation(name: str, address: str, ca: Path | None) -> Path:
     return path
 
 
-def app_dir(config: Config, out: Path) -> Path:
+def app_dir(config: Config, out: Path, resume: bool = False) -> Path:
     """The Flower app folder `flwr run` packs: only a pyproject.toml naming fedft's installed apps and holding the
     experiment (the code and the base weights are on every host already)."""
     folder = Path(tempfile.mkdtemp(prefix="fedft-flower-app-"))
@@ -233,6 +234,8 @@ build-backend = "hatchling.build"
 [project]
 name = "fedft-app"
 version = "1.0.0"
+description = "fedft's ServerApp and ClientApp (installed with fedft on every host)"
+license = "MIT"
 dependencies = []
 
 [tool.flwr.app]
@@ -245,14 +248,15 @@ clientapp = "fedft.deploy.app:{clientapp}"
 [tool.flwr.app.config]
 fedft-config = {json.dumps(json.dumps(config.to_dict()))}
 out = {json.dumps(str(out))}
+resume = {"true" if resume else "false"}
 """)
     return folder
 
 
-def run_status(federation: str) -> tuple[int | None, str]:
+def run_status(federation: str, env: dict | None = None) -> tuple[int | None, str]:
     """(id, status) of the newest run on the federation's SuperLink, from `flwr ls --format json`."""
     done = subprocess.run([_bin("flwr"), "ls", federation, "--format", "json"], capture_output=True, text=True,
-                          env=flower_env(), timeout=60)
+                          env=env or flower_env(), timeout=60)
     try:
         runs = json.loads(done.stdout).get("runs", [])
     except json.JSONDecodeError:
