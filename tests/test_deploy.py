@@ -81,7 +81,7 @@ def federation(tmp_path, flower_env):
         for i in range(2):
             start("supernode", "--superlink", f"127.0.0.1:{port}", "--certs", str(certs), "--partition-id", str(i),
                   "--num-partitions", "2", "--port", str(free_port()))
-        yield {"address": f"127.0.0.1:{port}", "certs": certs, "procs": procs}
+        yield {"address": f"127.0.0.1:{port}", "certs": certs, "procs": procs, "start": start}
     finally:
         for p in procs:  # each process group: the Flower process and the helpers it started
             try:
@@ -107,7 +107,7 @@ def adapter(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(folder / "adapter" / "adapter_model.safetensors")
 
 
-def test_deployed_run_equals_simulation_and_secagg_within_quantisation(tmp_path, federation, flower_env):
+def test_deployed_run_equals_simulation_a_node_rejoins_and_secagg_within_quantisation(tmp_path, federation, flower_env):
     config = tmp_path / "exp.toml"
     config.write_text(EXPERIMENT)
     sim = tmp_path / "sim"
@@ -124,7 +124,12 @@ def test_deployed_run_equals_simulation_and_secagg_within_quantisation(tmp_path,
         assert torch.equal(want[k], got[k]), k
     assert res["final"]["accuracy"] == json.loads((sim / "results.json").read_text())["final"]["accuracy"]
 
-    # the SuperLink kept running: a second run on it, now with SecAgg+
+    # a client host crashes (SIGKILL) and its SuperNode rejoins; the SuperLink kept running: a second run on it,
+    # now with SecAgg+
+    os.killpg(federation["procs"][2].pid, signal.SIGKILL)
+    federation["procs"][2].wait()
+    federation["start"]("supernode", "--superlink", federation["address"], "--certs", str(federation["certs"]),
+                        "--partition-id", "1", "--num-partitions", "2", "--port", str(free_port()))
     done = deploy_run(tmp_path, federation, flower_env, config, tmp_path / "secagg", "--set", "deploy.secagg=true")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "finished:completed" in done.stdout
@@ -265,3 +270,63 @@ def test_flower_sim_refusals(tmp_path, sets, words, capsys):
     assert main([*args, *[a for s in sets for a in ("--set", s)]]) == 2
     assert words in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_supernode_authentication(tmp_path, flower_env):
+    """With `superlink --auth`, the SuperNode whose public key was registered connects; another is refused, with
+    fedft's line naming the fix."""
+    certs, port = tmp_path / "certs", free_port()
+    assert main(["deploy", "certs", str(certs)]) == 0
+    for name in ("a", "b"):
+        assert main(["deploy", "node-key", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a" / "node.key").stat().st_mode & 0o077 == 0
+    procs = []
+    try:
+        procs.append(subprocess.Popen([FEDFT, "deploy", "superlink", "--certs", str(certs), "--host", "127.0.0.1",
+                                       "--port", str(port), "--auth"], env=flower_env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        done = subprocess.run([FEDFT, "deploy", "register", str(tmp_path / "a" / "node.pub"), "--superlink",
+                               f"127.0.0.1:{port}", "--certs", str(certs)], env=flower_env, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0 and "registered" in done.stdout, done.stdout + done.stderr
+        for name, pid in (("a", 0), ("b", 1)):
+            procs.append(subprocess.Popen([FEDFT, "deploy", "supernode", "--superlink", f"127.0.0.1:{port}",
+                                           "--certs", str(certs), "--partition-id", str(pid), "--port",
+                                           str(free_port()), "--auth-key", str(tmp_path / name / "node.key")],
+                                          env=flower_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                          start_new_session=True))
+        out, _ = procs[2].communicate(timeout=120)  # b: refused, and it stops
+        assert procs[2].returncode != 0 and "is its public key registered" in out, out[-2000:]
+        deadline, nodes = time.monotonic() + 120, []
+        while time.monotonic() < deadline:
+            ls = subprocess.run([str(Path(FEDFT).parent / "flwr"), "supernode", "ls", "fedft", "--format", "json"],
+                                env=flower_env, capture_output=True, text=True, timeout=60)
+            nodes = [n for n in json.loads(ls.stdout).get("nodes", []) if n["status"] == "online"]
+            if nodes:
+                break
+            time.sleep(1)
+        assert len(nodes) == 1 and procs[1].poll() is None  # a: in, and still running
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_node_keys_are_checked(tmp_path, capsys):
+    assert main(["deploy", "node-key", str(tmp_path / "k")]) == 0
+    assert main(["deploy", "node-key", str(tmp_path / "k")]) == 2  # never overwritten
+    assert "not empty" in capsys.readouterr().err
+    (tmp_path / "bad.key").write_text("not a key")
+    assert main(["deploy", "supernode", "--superlink", "127.0.0.1:1", "--insecure", "--partition-id", "0",
+                 "--auth-key", str(tmp_path / "bad.key")]) == 2
+    assert "is not an OpenSSH private key" in capsys.readouterr().err
+    assert main(["deploy", "register", str(tmp_path / "k" / "node.key"), "--superlink", "127.0.0.1:1",
+                 "--insecure"]) == 2
+    assert "is not an OpenSSH public key" in capsys.readouterr().err

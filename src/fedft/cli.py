@@ -60,11 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir", help="new folder for ca.crt, ca.key, server.pem, server.key")
     p.add_argument("--host", action="append", default=[], metavar="NAME_OR_IP",
                    help="the SuperLink's name or IP as clients reach it (repeatable; localhost and 127.0.0.1 always)")
+    p = deploy.add_parser("node-key", help="make a SuperNode's key pair in DIR (node.key stays on the node; "
+                          "node.pub is registered with the SuperLink)")
+    p.add_argument("dir", help="new folder for node.key and node.pub")
     p = deploy.add_parser("superlink", help="start the SuperLink (the server side; the run's results are written here)")
     _tls_args(p)
     p.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=9092, help="port (default 9092)")
     p.add_argument("--database", help="SQLite file for the SuperLink's state (default in memory)")
+    p.add_argument("--auth", action="store_true", help="SuperNode authentication: only SuperNodes whose public key "
+                   "was registered (fedft deploy register) may connect")
+    p = deploy.add_parser("register", help="register a SuperNode's public key with a SuperLink started with --auth")
+    p.add_argument("key", help="the node's node.pub (from fedft deploy node-key)")
+    p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
+    _tls_args(p)
     p = deploy.add_parser("supernode", help="start a SuperNode: one client, its partition or its own data")
     p.add_argument("--superlink", required=True, metavar="HOST:PORT", help="the SuperLink's address")
     _tls_args(p)
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                    "one per SuperNode on a host)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for training (default all cores; with "
                    "several SuperNodes on one host, cores / nodes: oversubscribed cores train many times slower)")
+    p.add_argument("--auth-key", metavar="FILE", help="this node's node.key, for a SuperLink with --auth")
     p = deploy.add_parser("run", help="submit an experiment to a SuperLink and wait for it")
     _config_args(p)
     p.add_argument("--superlink", metavar="HOST:PORT", help="the SuperLink (saved as a federation in $FLWR_HOME)")
@@ -113,11 +123,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 0
     if getattr(args, "certs", None) and args.insecure:
         raise UsageError("give --certs DIR or --insecure, not both")
+    if args.deploy_command == "node-key":
+        out = commands.make_node_key(args.dir)
+        print(f"wrote {out}/node.key (keep it on the SuperNode: --auth-key) and {out}/node.pub (register it: "
+              f"fedft deploy register)")
+        return 0
     if args.deploy_command == "superlink":
-        return commands.superlink(args.certs, args.insecure, args.host, args.port, args.database)
+        return commands.superlink(args.certs, args.insecure, args.host, args.port, args.database, args.auth)
+    if args.deploy_command == "register":
+        return commands.register(args.key, args.superlink, args.certs, args.insecure)
     if args.deploy_command == "supernode":
         return commands.supernode(args.superlink, args.certs, args.insecure, args.partition_id, args.num_partitions,
-                                  args.data, args.port, args.threads)
+                                  args.data, args.port, args.threads, args.auth_key)
     return commands.deploy_run(_load(args), args.federation, args.superlink, args.certs, args.insecure, args.out)
 
 

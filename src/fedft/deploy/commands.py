@@ -77,6 +77,50 @@ def make_certs(out: str | Path, hosts: list[str], days: int = 365) -> Path:
     return out
 
 
+def make_node_key(out: str | Path) -> Path:
+    """A SuperNode's key pair for Flower's SuperNode authentication: an EC P-384 key in OpenSSH format, node.key
+    (private, mode 600) and node.pub; refuses to overwrite."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{str(out)!r} exists and is not empty; choose a new folder for the node's key")
+    key = ec.generate_private_key(ec.SECP384R1())
+    tmp = Path(tempfile.mkdtemp(prefix=".node-key-", dir=out.parent if out.parent.exists() else None))
+    (tmp / "node.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                     serialization.NoEncryption()))
+    (tmp / "node.key").chmod(0o600)
+    (tmp / "node.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                 serialization.PublicFormat.OpenSSH) + b"\n")
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+    return out
+
+
+def _node_key(path: str, private: bool) -> Path:
+    """Check a node key file before Flower reads it (Flower's own message for a bad one is an exit code)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"{path!r}: no such key file (make one with `fedft deploy node-key DIR`)")
+    try:
+        key = (serialization.load_ssh_private_key(p.read_bytes(), None) if private
+               else serialization.load_ssh_public_key(p.read_bytes()))
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise UsageError(f"{path!r} is not an OpenSSH {'private' if private else 'public'} key ({e}); use "
+                         f"{'node.key' if private else 'node.pub'} from `fedft deploy node-key DIR`") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)):
+        raise UsageError(f"{path!r}: Flower's SuperNode authentication needs an elliptic-curve (NIST) key; make "
+                         f"one with `fedft deploy node-key DIR`")
+    return p.resolve()
+
+
 # ---------------------------------------------------------------- checks before a Flower process starts
 
 
@@ -147,7 +191,8 @@ def _bin(name: str) -> str:
 # ---------------------------------------------------------------- the commands
 
 
-def superlink(certs: str | None, insecure: bool, host: str, port: int, database: str | None) -> int:
+def superlink(certs: str | None, insecure: bool, host: str, port: int, database: str | None,
+              auth: bool = False) -> int:
     require_flower()
     folder = _cert_files(certs, insecure, (CA, SERVER_CERT, SERVER_KEY))
     cmd = [_bin("flower-superlink"), "--host", host, "--port", str(port)]
@@ -155,7 +200,22 @@ def superlink(certs: str | None, insecure: bool, host: str, port: int, database:
                                                   str(folder / SERVER_CERT), "--ssl-keyfile", str(folder / SERVER_KEY)]
     if database:
         cmd += ["--database", database]
+    if auth:
+        cmd += ["--enable-supernode-auth"]
     return _exec(cmd)
+
+
+def register(key: str, address: str, certs: str | None, insecure: bool) -> int:
+    """Register a SuperNode's public key with the SuperLink at `address` (started with --auth)."""
+    require_flower()
+    pub = _node_key(key, private=False)
+    folder = _cert_files(certs, insecure, (CA,))
+    probe_superlink(address, folder)
+    write_federation("fedft", address, folder)
+    done = subprocess.run([_bin("flwr"), "supernode", "register", str(pub), "fedft"], env=flower_env(),
+                          capture_output=True, text=True, timeout=120)
+    print((done.stdout + done.stderr).strip())
+    return 0 if done.returncode == 0 else 1
 
 
 def node_config(partition_id: int, num_partitions: int | None, data: str | None, threads: int = 0) -> str:
@@ -183,15 +243,22 @@ def node_config(partition_id: int, num_partitions: int | None, data: str | None,
 
 
 def supernode(address: str, certs: str | None, insecure: bool, partition_id: int, num_partitions: int | None,
-              data: str | None, port: int, threads: int = 0) -> int:
+              data: str | None, port: int, threads: int = 0, auth_key: str | None = None) -> int:
     require_flower()
     config = node_config(partition_id, num_partitions, data, threads)
+    key = _node_key(auth_key, private=True) if auth_key else None
     folder = _cert_files(certs, insecure, (CA,))
     probe_superlink(address, folder)
     cmd = [_bin("flower-supernode"), "--superlink", address, "--node-config", config, "--port", str(port),
            "--max-wait-time", "3600"]
     cmd += ["--insecure"] if folder is None else ["--root-certificates", str(folder / CA)]
-    return _exec(cmd)
+    if key is not None:
+        cmd += ["--auth-supernode-private-key", str(key)]
+    code = _exec(cmd)
+    if code not in (0, 130) and key is not None:  # Flower says "Failed to activate SuperNode" (its exit code 305)
+        print(f"fedft: the SuperNode stopped (exit {code}); if the SuperLink refused it, is its public key registered "
+              f"(fedft deploy register {key.with_suffix('.pub')} --superlink {address} ...)?", file=sys.stderr)
+    return code
 
 
 def _toml_value(v) -> str:
