@@ -97,18 +97,21 @@ def connect(grid: Grid, num_clients: int, classes: list[str], wait: float = 600.
         time.sleep(0.5)
     msgs = [Message(RecordDict({"config": ConfigRecord({"classes": json.dumps(classes)})}), dst_node_id=nid,
                     message_type="query") for nid in ids]
-    nodes, sizes = {}, {}
+    nodes, sizes, errors = {}, {}, []
     for reply in grid.send_and_receive(msgs, timeout=wait):
-        if reply.has_error():
-            raise UsageError(f"SuperNode {reply.metadata.src_node_id} could not load its client: "
-                             f"{reply.error.reason}")
+        if reply.has_error():  # a node that could not load its client, or one gone (a crashed node that rejoined
+            errors.append(f"SuperNode {reply.metadata.src_node_id}: {reply.error.reason}")  # under a new id)
+            continue
         cid = int(reply.content["config"]["cid"])
         if cid in nodes:
             raise UsageError(f"two SuperNodes ({nodes[cid]}, {reply.metadata.src_node_id}) both have partition-id {cid}")
         nodes[cid], sizes[cid] = reply.metadata.src_node_id, int(reply.content["config"]["examples"])
     missing = sorted(set(range(num_clients)) - set(nodes))
     if missing:
-        raise UsageError(f"no SuperNode answered for partition-id {missing[0]} (of {num_clients} clients)")
+        raise UsageError(f"no SuperNode answered for partition-id {missing[0]} (of {num_clients} clients)"
+                         + (f"; {errors[0]}" if errors else ""))
+    for e in errors:  # every client has a node: the others are stale
+        print(f"ignored {e}", flush=True)
     return nodes, sizes
 
 
