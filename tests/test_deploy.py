@@ -83,18 +83,23 @@ def federation(tmp_path, flower_env):
                   "--num-partitions", "2", "--port", str(free_port()))
         yield {"address": f"127.0.0.1:{port}", "certs": certs, "procs": procs, "start": start}
     finally:
-        for p in procs:  # each process group: the Flower process and the helpers it started
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop(procs)
         for log in logs:
             log.close()
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    """Stop each process group (the Flower process and the helpers it started): SIGTERM, then SIGKILL."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
 
 
 def deploy_run(tmp_path, fed, env, config: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -307,16 +312,7 @@ def test_supernode_authentication(tmp_path, flower_env):
             time.sleep(1)
         assert len(nodes) == 1 and procs[1].poll() is None  # a: in, and still running
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop(procs)
 
 
 def test_node_keys_are_checked(tmp_path, capsys):

@@ -57,33 +57,20 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny):
     assert not (tmp_path / "killed" / "checkpoint.pt").exists()
 
 
-def test_resume_with_client_dp_and_momentum_after_ctrl_c(tmp_path, tiny):
-    sets = tiny(**{"method.name": "bias", "fl.rounds": 4, "fl.strategy": "fedavgm", "dp.mode": "client",
-                   "dp.noise_multiplier": 0.5, "dp.clip": 1.0, "fl.clients_per_round": 3})
-    fedft.run(load_config(None, sets), tmp_path / "whole")
-
-    def stop_after_two(line):
-        if line.startswith("round   2/"):
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        fedft.run(load_config(None, sets), tmp_path / "cut", log=stop_after_two)
-    assert json.loads((tmp_path / "cut" / "results.json").read_text())["status"] == "interrupted"
-    assert main(["run", "--quiet", "--resume", str(tmp_path / "cut")]) == 0
-    same(tmp_path / "whole", tmp_path / "cut")
-
-
 @pytest.mark.parametrize("extra", [
+    {"method.name": "bias", "fl.strategy": "fedavgm", "dp.mode": "client", "dp.noise_multiplier": 0.5,
+     "dp.clip": 1.0},
     {"method.name": "layers", "method.select": "gradient", "method.budget_min": 1, "method.budget_max": 2,
      "method.reselect_every": 3, "data.partition": "dirichlet"},
     {"method.name": "lora", "dp.mode": "sample", "dp.noise_multiplier": 1.0, "dp.clip": 1.0, "fl.batch_size": 8},
     {"method.name": "lora", "proxy.kind": "fedpft", "proxy.keep_layers": [0], "proxy.ffn_neurons": 8,
      "proxy.distill_steps": 3, "proxy.align_every": 2, "proxy.align_steps": 3},
-], ids=["layers", "sample-dp", "fedpft"])
-def test_resume_layers_sample_dp_and_proxy(tmp_path, tiny, text_csv, extra):
-    """The layer masks (re-chosen every 3 rounds, so round 3 reuses round 1's), the per-client DP accountants and
-    FedPFT's sub-model FFNs re-aligned in round 2 come back from the checkpoint: the resumed run is bit-identical,
-    epsilon and the full model's accuracy included."""
+], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft"])
+def test_resume_after_ctrl_c(tmp_path, tiny, text_csv, extra):
+    """Client DP's noise generator and adaptive clip with FedAvgM's momentum, the layer masks (re-chosen every 3
+    rounds, so round 3 reuses round 1's), the per-client DP accountants, and FedPFT's sub-model FFNs re-aligned in
+    round 2 come back from the checkpoint: the resumed run is bit-identical, epsilon and the full model's accuracy
+    included."""
     if "proxy.kind" in extra:
         extra = {**extra, "proxy.distill_data": f"file:{text_csv}"}
     sets = tiny(**{"fl.rounds": 4, "fl.clients_per_round": 3, **extra})
@@ -95,6 +82,7 @@ def test_resume_layers_sample_dp_and_proxy(tmp_path, tiny, text_csv, extra):
 
     with pytest.raises(KeyboardInterrupt):
         fedft.run(load_config(None, sets), tmp_path / "cut", log=stop_after_two)
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["status"] == "interrupted"
     assert main(["run", "--quiet", "--resume", str(tmp_path / "cut")]) == 0
     same(tmp_path / "whole", tmp_path / "cut")
 
