@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import fedft
 from fedft.cli import main
 from fedft.config import load_config
 from fedft.deploy import check_deployable, commands
@@ -265,9 +266,40 @@ def test_flower_sim_backend_equals_the_engine(tmp_path, flower_env):
     assert not psutil.Process().children(recursive=True)
 
 
+def test_flower_sim_ctrl_c_stops_everything_and_resumes(tmp_path, flower_env):
+    """Ctrl-C during a flower-sim run stops the SuperLink, the simulation and Ray's processes (they live in their
+    own process groups and sessions), and `fedft run --resume` finishes it: bit-identical to the engine."""
+    pytest.importorskip("ray")
+    import psutil
+
+    config = tmp_path / "exp.toml"  # rounds of a few seconds each, so the stop lands mid-run
+    config.write_text(EXPERIMENT.replace("rounds = 2", "rounds = 3\nlocal_epochs = 15"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(config), "--out", str(tmp_path / "engine"), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    def ctrl_c_after_round_1(line):
+        if line.lstrip().startswith("round   1/"):
+            raise KeyboardInterrupt
+
+    sim = tmp_path / "sim"
+    with pytest.raises(KeyboardInterrupt):
+        fedft.run(load_config(config, ['fl.backend="flower-sim"']), sim, log=ctrl_c_after_round_1)
+    assert not psutil.Process().children(recursive=True)
+    time.sleep(3)  # nothing goes on training in the background
+    assert json.loads((sim / "results.json").read_text())["status"] != "completed"
+    assert main(["run", "--quiet", "--resume", str(sim)]) == 0
+    want, got = adapter(tmp_path / "engine"), adapter(sim)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert not psutil.Process().children(recursive=True)
+
+
 @pytest.mark.parametrize("sets, words", [
-    (['method.name="layers"'], "selective layers run in the simulation only"),
-    (['fl.mode="local"'], "a deployed run is federated"),
+    (['method.name="layers"'], "method.name = 'layers' runs on fedft's engine only"),
+    (['fl.mode="local"'], "runs on fedft's engine only"),
     (["deploy.sim_client_cpus=0"], "sim_client_cpus"),
 ])
 def test_flower_sim_refusals(tmp_path, sets, words, capsys):

@@ -95,3 +95,12 @@ def test_resume_refusals(tmp_path, tiny, capsys):
     assert "already completed" in capsys.readouterr().err
     assert main(["run", "--resume", str(tmp_path / "done"), "--set", "fl.rounds=3"]) == 2
     assert "give no config" in capsys.readouterr().err
+    # damaged files: one line, exit 2, never a traceback
+    record = json.loads((tmp_path / "done" / "results.json").read_text())
+    (tmp_path / "done" / "results.json").write_text(json.dumps({**record, "status": "interrupted"}))
+    (tmp_path / "done" / "checkpoint.pt").write_bytes(b"PK\x03\x04 torn")
+    assert main(["run", "--resume", str(tmp_path / "done")]) == 2
+    assert "checkpoint.pt is damaged" in capsys.readouterr().err
+    (tmp_path / "done" / "results.json").write_text('{"config": {"fl": ')
+    assert main(["run", "--resume", str(tmp_path / "done")]) == 2
+    assert "results.json is damaged" in capsys.readouterr().err

@@ -53,6 +53,9 @@ def test_strategies_resist_one_huge_update():
 @pytest.mark.parametrize("sets, words", [
     (["fl.trim_beta=0.5"], "trim_beta"),
     (["fl.krum_keep=0"], "krum_keep"),
+    (["fl.strategy=\"krum\"", "fl.clients_per_round=4", "fl.krum_byzantine=1"], "clients_per_round > 2"),
+    (["fl.strategy=\"krum\"", "fl.krum_keep=10", "fl.krum_byzantine=1"], "at most"),
+    (["fl.max_norm_ratio=3", "fl.clients_per_round=2"], "clients_per_round >= 3"),
     (["fl.strategy=\"krum\"", "method.name=\"layers\""], "different layers"),
 ])
 def test_bad_robust_settings(sets, words):

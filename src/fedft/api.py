@@ -193,10 +193,14 @@ def resume_config(run_dir: str | Path) -> Config:
     folder = Path(run_dir)
     if not (folder / "results.json").is_file():
         raise UsageError(f"--resume {str(folder)!r}: no results.json there (not a run folder)")
-    record = json.loads((folder / "results.json").read_text())
+    try:
+        record = json.loads((folder / "results.json").read_text())
+        config = Config.from_dict(record["config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"--resume {str(folder)!r}: results.json is damaged ({type(e).__name__}); the run cannot "
+                         f"continue from it") from None
     if record.get("status") == "completed":
         raise UsageError(f"--resume {str(folder)!r}: that run already completed")
-    config = Config.from_dict(record["config"])
     if (why := resumable(config)):
         raise UsageError(f"--resume {str(folder)!r}: a run with {why} cannot be resumed")
     if not (folder / checkpoint.NAME).is_file():
@@ -265,9 +269,14 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                 checkpoint.save(out, {**setup.progress, "rows": record["rounds"]})
             sent += row.bytes_up + row.bytes_down
             test = "" if row.accuracy is None else f"  test accuracy {row.accuracy:.4f}  test loss {row.loss:.4f}"
-            if row.returned < row.sampled and fl.mode == "federated":
-                test += f"  returned {row.returned}/{row.sampled}" + ("" if row.aggregated else
-                                                                      " (< fl.min_clients: model kept)")
+            came = row.returned + len(row.rejected or [])  # row.returned: the updates aggregated
+            if came < row.sampled and fl.mode == "federated":
+                test += f"  returned {came}/{row.sampled}"
+            if row.rejected:  # which updates the server refused, and the first reason
+                first = row.rejected[0]
+                test += f"  rejected {len(row.rejected)} (client {first['client']}: {first['why']})"
+            if not row.aggregated and fl.mode == "federated":
+                test += f"  ({row.returned} < fl.min_clients: model kept)"
             if row.epsilon is not None:
                 test += f"  epsilon {row.epsilon:.3g}"
             (log or (lambda line: None))(f"round {row.round:>3}/{fl.rounds}  train loss {row.train_loss:.4f}{test}"

@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedft: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedft: interrupted; the rounds finished so far are in results.json", file=sys.stderr)
+        print("fedft: interrupted; the rounds finished so far are in results.json (a federated run continues with "
+              "fedft run --resume RUN_DIR)", file=sys.stderr)
         return 130
     except RunFailed as e:
         print(f"fedft: {e}", file=sys.stderr)

@@ -150,7 +150,7 @@ class FLConfig:
                                  "always rejected", default=0.0)
     max_norm_ratio: float = doc("the server rejects an update whose L2 norm is above this many times the median "
                                 "norm of the round's updates (far out of line with the others; 0 = no check; "
-                                "needs 3 or more updates in the round)", default=0.0)
+                                "needs 3 or more updates in the round, most of them honest)", default=0.0)
     malicious_fraction: float = doc("simulation: share of the clients (fixed, seeded) that send a corrupted update "
                                     "(fl.attack)", default=0.0)
     attack: str = doc("what malicious clients send: sign_flip (start - attack_scale * update) | scale (start + "
@@ -223,6 +223,16 @@ class FLConfig:
             raise UsageError(f"fl.trim_beta = {self.trim_beta}: must be in [0, 0.5)")
         _at_least("fl.krum_byzantine", self.krum_byzantine, 0)
         _at_least("fl.krum_keep", self.krum_keep, 1)
+        n, f = self.clients_per_round, self.krum_byzantine
+        if self.strategy == "krum" and n <= 2 * f + 2:
+            raise UsageError(f"fl.krum_byzantine = {f}: Krum needs fl.clients_per_round > 2 * krum_byzantine + 2 "
+                             f"(it is {n}); sample more clients or assume fewer attackers")
+        if self.strategy == "krum" and self.krum_keep > n - f:
+            raise UsageError(f"fl.krum_keep = {self.krum_keep}: Multi-Krum keeps at most fl.clients_per_round - "
+                             f"krum_byzantine = {n - f} updates")
+        if self.max_norm_ratio and n < 3:
+            raise UsageError(f"fl.max_norm_ratio compares each update with the round's median: it needs "
+                             f"fl.clients_per_round >= 3 (it is {n})")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise UsageError(f"fl.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
         for key in ("lr", "weight_decay", "mu", "server_lr", "tau"):

@@ -42,19 +42,17 @@ def require_flower() -> None:
 
 
 def check_deployable(config: Config) -> None:
-    """What a deployed run cannot do (yet): one clear line each."""
+    """What cannot run on Flower (fedft deploy, fl.backend = "flower-sim") yet: one clear line each."""
+    where = "runs on fedft's engine only (fl.backend = 'engine'), not on Flower (fedft deploy, flower-sim)"
     if config.fl.mode != "federated":
-        raise UsageError(f"fl.mode = {config.fl.mode!r}: a deployed run is federated (local and central modes are "
-                         f"simulations)")
+        raise UsageError(f"fl.mode = {config.fl.mode!r} {where}: on Flower a run is federated")
     if config.proxy.kind != "none":
-        raise UsageError("proxy.kind: FedPFT's neuron-level alignment gathers client statistics in the simulation "
-                         "only; deploy without proxy.kind (or with the sub-model as model.name)")
+        raise UsageError(f"proxy.kind {where}: FedPFT's neuron-level alignment gathers client statistics that are "
+                         f"not sent over Flower yet (a sub-model as model.name works)")
     if config.method.name == "layers":
-        raise UsageError("method.name = 'layers': selective layers run in the simulation only (the importance "
-                         "reports are not sent over Flower yet)")
+        raise UsageError(f"method.name = 'layers' {where}: the importance reports are not sent over Flower yet")
     if config.dp.mode == "sample":
-        raise UsageError("dp.mode = 'sample': sample-level DP runs in the simulation only; client-level DP "
-                         "(dp.mode = 'client') works deployed")
+        raise UsageError(f"dp.mode = 'sample' {where}; client-level DP (dp.mode = 'client') works on Flower")
     if config.deploy.secagg:
         if config.dp.mode != "none":
             raise UsageError("deploy.secagg with dp: the server adds its noise to the sum it sees; SecAgg+ and "

@@ -8,9 +8,7 @@ with `flwr run`, streams its log, checks that Flower reports it `finished:comple
 """
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -78,7 +76,7 @@ def simulate(config: Config, out: Path, log: Callable[[str], None] | None = None
         link = subprocess.Popen([_bin("flower-superlink"), "--insecure", "--simulation", "--host", "127.0.0.1",
                                  "--port", str(port)], env=env, stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    app = None
+    app = run = None
     try:
         _wait_healthy(port, link, link_log)
         write_federation(FEDERATION, f"127.0.0.1:{port}", None, home=home)
@@ -86,24 +84,46 @@ def simulate(config: Config, out: Path, log: Callable[[str], None] | None = None
         cpus = config.deploy.sim_client_cpus
         cmd = [_bin("flwr"), "run", str(app), FEDERATION, "--stream", "--federation-config",
                f"num-supernodes={config.data.num_clients} client-resources-num-cpus={cpus:g}"]
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as run:
-            with (out / "flower.log").open("a") as fh:
-                for line in run.stdout:
-                    fh.write(line)
-                    say(line.rstrip("\n"))
+        run = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        with (out / "flower.log").open("a") as fh:
+            for line in run.stdout:
+                fh.write(line)
+                say(line.rstrip("\n"))
+        run.wait()
         run_id, status = run_status(FEDERATION, env)
         if run.returncode != 0 or status != "finished:completed":
             raise RunFailed(f"Flower's simulation run {run_id} ended {status}{_reason(out / 'flower.log')}; its log "
                             f"is in {out / 'flower.log'}")
     finally:
-        try:
-            os.killpg(link.pid, signal.SIGTERM)  # the SuperLink and the simulation processes it started
-            link.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(link.pid, signal.SIGKILL)
-            link.wait()
-        except ProcessLookupError:
-            pass
+        stop_tree(link)
+        if run is not None:  # `flwr run`, which streams the log (it ends with the SuperLink)
+            stop_tree(run)
+            run.stdout.close()
         shutil.rmtree(home, ignore_errors=True)
         if app is not None:
             shutil.rmtree(app, ignore_errors=True)
+
+
+def stop_tree(proc: subprocess.Popen, wait: float = 15.0) -> None:
+    """Stop a process and every process it started, wherever they went: Flower starts the simulation in its own
+    process group and Ray its daemons in their own sessions, so the process group alone leaves them running.
+    SIGTERM, then SIGKILL for what is left (some of Ray's agents ignore SIGTERM)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=wait)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=wait)
+    proc.wait()

@@ -34,4 +34,10 @@ def save(folder: Path, state: dict) -> None:
 
 
 def load(folder: Path) -> dict:
-    return torch.load(folder / NAME, weights_only=False)  # written by fedft itself, in the user's run folder
+    from fedft.errors import UsageError
+
+    try:
+        return torch.load(folder / NAME, weights_only=False)  # written by fedft itself, in the user's run folder
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise UsageError(f"--resume {str(folder)!r}: {NAME} is damaged ({str(e).splitlines()[0][:100]}); the run "
+                         f"cannot continue from it") from None
