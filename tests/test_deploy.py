@@ -222,7 +222,7 @@ def test_node_config_checks_and_app_folder(tmp_path):
     (["fl.mode='local'"], "federated"),
     (["proxy.kind='fedot'"], "proxy.kind"),
     (["method.name='layers'"], "layers"),
-    (["dp.mode='sample'", "dp.noise_multiplier=1.0"], "sample-level"),
+    (["dp.mode='sample'", "dp.noise_multiplier=1.0"], "dp.mode = 'sample' runs on fedft's engine only"),
     (["deploy.secagg=true", "dp.mode='client'", "dp.noise_multiplier=1.0"], "SecAgg+"),
     (["deploy.secagg=true", "fl.clients_per_round=1"], ">= 2"),
 ])
