@@ -240,6 +240,16 @@ def test_federation_is_added_without_losing_others(tmp_path, monkeypatch):
     assert data["lab"] == {"address": "10.0.0.5:9092", "insecure": True}
 
 
+def engine_on_one_thread(config: Path, out: Path) -> None:
+    """`fedft run` on one thread, as each Ray actor of a flower-sim run trains (deploy.sim_client_cpus = 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(config), "--out", str(out), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_flower_sim_backend_equals_the_engine(tmp_path, flower_env):
     """fl.backend = "flower-sim" runs fedft's ServerApp and ClientApps on Flower's simulation runtime (Ray). Each Ray
     actor has one core (deploy.sim_client_cpus = 1), so against the engine on one thread the result is the same to
@@ -249,12 +259,7 @@ def test_flower_sim_backend_equals_the_engine(tmp_path, flower_env):
 
     config = tmp_path / "exp.toml"
     config.write_text(EXPERIMENT.replace("num_clients = 2", "num_clients = 4"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", str(config), "--out", str(tmp_path / "engine"), "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    engine_on_one_thread(config, tmp_path / "engine")
     sim = tmp_path / "sim"
     assert main(["run", str(config), "--out", str(sim), "--quiet", "--set", 'fl.backend="flower-sim"']) == 0
     want, got = adapter(tmp_path / "engine"), adapter(sim)
@@ -274,12 +279,7 @@ def test_flower_sim_ctrl_c_stops_everything_and_resumes(tmp_path, flower_env):
 
     config = tmp_path / "exp.toml"  # rounds of a few seconds each, so the stop lands mid-run
     config.write_text(EXPERIMENT.replace("rounds = 2", "rounds = 3\nlocal_epochs = 15"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", str(config), "--out", str(tmp_path / "engine"), "--quiet"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    engine_on_one_thread(config, tmp_path / "engine")
 
     def ctrl_c_after_round_1(line):
         if line.lstrip().startswith("round   1/"):
