@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import importlib.util
 import json
 import tempfile
@@ -31,11 +30,11 @@ import numpy as np
 import torch
 
 import fedft
-from fedft.api import parallel_clients, precision, prepare
+from fedft.api import assemble, prepare
 from fedft.config import load_config
 from fedft.fl.client import TrainConfig, load_state, make_optimizer, read_state, shuffled_batches, train_batches
-from fedft.fl.loop import Setup
-from fedft.fl.strategies import STRATEGIES
+from fedft.fl.messages import Instruction
+from fedft.fl.runners import Batched
 from fedft.methods import trainable_parameters
 
 
@@ -89,24 +88,23 @@ def measure(args, method: str, model_dir: str | None) -> dict:
     device = torch.device(args.device)
     exp.model.to(device)
     fl = config.fl
-    setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, fl, exp.lr, config.comm.dtype,
-                  STRATEGIES.get(fl.strategy, "fl.strategy")(fl), parallel_clients=parallel_clients(fl, exp.model),
-                  precision=precision(fl, exp.model))  # as `fedft run`: bf16 autocast on a GPU
+    runner = assemble(exp).fed.runner  # as `fedft run` trains the clients (bf16 autocast on a GPU)
     sampled = sorted(np.random.default_rng(0).choice(len(exp.clients), fl.clients_per_round, replace=False).tolist())
     clients = [exp.clients[c] for c in sampled]
     n = sum(len(c) * fl.local_epochs for c in clients)
     start = read_state(exp.params)
-    cfg = setup.train_config()
+    cfg = runner.pool.cfg
+    instructions = [Instruction(c, start) for c in sampled]
+    k = getattr(runner, "k", 1)
     ways = {
-        "engine": lambda: setup.train_clients([start] * len(sampled), sampled, 1),
-        "batched": lambda: dataclasses.replace(setup, parallel_clients=len(sampled)).train_clients(
-            [start] * len(sampled), sampled, 1),
+        "engine": lambda: runner.train(1, instructions),
+        "batched": lambda: Batched(runner.pool, len(sampled)).train(1, instructions),
         "naive": lambda: naive_round(exp, start, clients, cfg, 1),
         "limit": lambda: limit_round(exp, start, np.concatenate(clients), cfg, args.limit_batch, 1),
     }
-    if setup.parallel_clients == len(sampled):
+    if k == len(sampled):
         ways.pop("batched")  # the engine already is
-    out = {"method": method, "examples": n, "parallel_clients": setup.parallel_clients, "precision": setup.precision}
+    out = {"method": method, "examples": n, "parallel_clients": k, "precision": cfg.precision}
     for way, fn in ways.items():
         if args.warmup:
             fn()

@@ -3,7 +3,7 @@ import torch
 
 from fedft.config import FLConfig
 from fedft.fl.aggregate import weighted_average
-from fedft.fl.client import Update
+from fedft.fl.messages import Update
 from fedft.fl.strategies import STRATEGIES
 
 
@@ -25,24 +25,24 @@ def test_weighted_average_matches_hand_computation():
 def test_fedavg_weights_by_examples_and_skips_empty_clients():
     a, b, c = states()
     strat = STRATEGIES.get("fedavg", "fl.strategy")(FLConfig())
-    out = strat.aggregate(c, [Update(a, 1), Update(b, 3), Update(c, 0)])
+    out = strat.aggregate(1, c, [Update(0, a, 1), Update(0, b, 3), Update(0, c, 0)])
     assert torch.allclose(out["w"], torch.tensor([2.5, -1.0]))
-    assert strat.aggregate(c, [Update(a, 0)]) is c  # nobody trained: the global state stays
+    assert strat.aggregate(1, c, [Update(0, a, 0)]) is c  # nobody trained: the global state stays
 
 
 def test_fedavgm_momentum_by_hand():
     cur = {"w": torch.tensor([1.0])}
     strat = STRATEGIES.get("fedavgm", "fl.strategy")(FLConfig(server_lr=0.5, server_momentum=0.9))
-    s1 = strat.aggregate(cur, [Update({"w": torch.tensor([0.0])}, 1)])  # delta 1, v 1 -> 1 - 0.5 = 0.5
+    s1 = strat.aggregate(1, cur, [Update(0, {"w": torch.tensor([0.0])}, 1)])  # delta 1, v 1 -> 1 - 0.5 = 0.5
     assert torch.allclose(s1["w"], torch.tensor([0.5]))
-    s2 = strat.aggregate(s1, [Update({"w": torch.tensor([0.5])}, 1)])  # delta 0, v 0.9 -> 0.5 - 0.45
+    s2 = strat.aggregate(1, s1, [Update(0, {"w": torch.tensor([0.5])}, 1)])  # delta 0, v 0.9 -> 0.5 - 0.45
     assert torch.allclose(s2["w"], torch.tensor([0.05]))
 
 
 def test_fedadam_first_step_by_hand():
     cfg = FLConfig(server_lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3)
     strat = STRATEGIES.get("fedadam", "fl.strategy")(cfg)
-    out = strat.aggregate({"w": torch.tensor([1.0])}, [Update({"w": torch.tensor([3.0])}, 1)])
+    out = strat.aggregate(1, {"w": torch.tensor([1.0])}, [Update(0, {"w": torch.tensor([3.0])}, 1)])
     d = 2.0
     m, v = 0.1 * d, 0.01 * d * d
     step = 0.1 * (1 - 0.99) ** 0.5 / (1 - 0.9)
@@ -69,5 +69,8 @@ def test_fedprox_term_holds_local_training_near_the_start(tiny):
 
 
 def test_fedprox_asks_clients_for_the_proximal_term():
-    assert STRATEGIES.get("fedprox", "fl.strategy")(FLConfig(mu=0.3)).prox_mu() == 0.3
-    assert STRATEGIES.get("fedavg", "fl.strategy")(FLConfig(mu=0.3)).prox_mu() == 0.0
+    start = {"w": torch.zeros(2)}
+    prox = STRATEGIES.get("fedprox", "fl.strategy")(FLConfig(mu=0.3)).configure_train(1, [4, 7], start)
+    assert [(i.cid, i.prox_mu) for i in prox] == [(4, 0.3), (7, 0.3)] and prox[0].state is start
+    plain = STRATEGIES.get("fedavg", "fl.strategy")(FLConfig(mu=0.3)).configure_train(1, [4], start)
+    assert plain[0].prox_mu == 0.0

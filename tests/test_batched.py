@@ -41,7 +41,7 @@ def assert_same(one_by_one, batched, atol):
             if k.endswith(KEY_BIAS):
                 continue
             torch.testing.assert_close(b.state[k], a.state[k], atol=atol, rtol=1e-4, msg=k)
-        np.testing.assert_allclose(b.metrics["loss"], a.metrics["loss"], rtol=1e-4)
+        np.testing.assert_allclose(b.loss, a.loss, rtol=1e-4)
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -98,3 +98,24 @@ def test_run_with_parallel_clients_matches_sequential(tiny, tmp_path, method):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-9)
         assert a["bytes_up"] == b["bytes_up"]
+
+
+def test_batched_sgd_with_momentum_and_scaffold_corrections_equals_one_by_one(tiny):
+    exp = prepare(load_config(None, tiny(**{"method.name": "lora"})))
+    no_dropout(exp.model)
+    b = exp.config.fl.batch_size
+    pool = np.arange(len(exp.train))
+    clients = [pool[: 2 * b + 3], pool[b: b + 5]]
+    cfg = TrainConfig(epochs=2, batch_size=b, lr=5e-2, weight_decay=0.01, group_by_length=True, optimizer="sgd",
+                      momentum=0.9)
+    start = read_state(exp.params)
+    g = torch.Generator().manual_seed(0)
+    fixes = [{k: 0.1 * torch.randn(v.shape, generator=g) for k, v in start.items()} for _ in clients]
+    seeds = [client_seed(0, 1, c) for c in range(len(clients))]
+    one_by_one = [local_train(exp.model, exp.params, start, exp.train, idx, cfg, s, correction=f)
+                  for idx, s, f in zip(clients, seeds, fixes)]
+    batched = train_batched(exp.model, exp.params, [start] * len(clients), exp.train, clients, cfg, seeds,
+                            corrections=fixes)
+    assert_same(one_by_one, batched, atol=1e-5)
+    plain = local_train(exp.model, exp.params, start, exp.train, clients[0], cfg, seeds[0])
+    assert any(not torch.allclose(plain.state[k], one_by_one[0].state[k], atol=1e-4) for k in start)

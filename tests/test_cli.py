@@ -17,7 +17,7 @@ def sets(pairs):
 BAD = [
     (["model.name=no-such-model"], "model.name = 'no-such-model'"),
     (["data.name=imagenet"], "data.name = 'imagenet'"),
-    (["method.name=dora"], "method.name = 'dora': unknown method; choose one of adapter, bias, full"),
+    (["method.name=nope"], "method.name = 'nope': unknown method; choose one of adapter, bias, dora, full"),
     (["fl.strategy=fedsgd"], "fl.strategy = 'fedsgd': unknown strategy; choose one of fedadam"),
     (["fl.roundz=2"], "unknown config key fl.roundz (did you mean 'rounds'?)"),
     (["fl.rounds=2.5"], "fl.rounds = 2.5: must be an integer"),
@@ -80,7 +80,7 @@ def test_existing_run_is_not_overwritten(tmp_path, tiny, capsys):
 
 def test_real_process_exit_code_and_no_traceback(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", "fedft.cli", "run", "--set", "method.name=dora", "--out",
+    p = subprocess.run([sys.executable, "-m", "fedft.cli", "run", "--set", "method.name=nope", "--out",
                         str(tmp_path / "o")], capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().count("\n") == 0
@@ -112,3 +112,24 @@ def test_config_lists_every_key(capsys):
     out = capsys.readouterr().out
     for key in ("model.name", "data.alpha", "method.rank", "fl.eval_every", "comm.dtype"):
         assert key in out
+
+
+def test_bad_input_prints_nothing_but_the_error(tmp_path, tiny, capsys):
+    """No start line before the refusal: the error is the only output."""
+    code = main(["run", *sets(tiny(**{"method.name": "nope"})), "--out", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == "" and captured.err.count("\n") == 1, captured
+
+
+def test_methods_of_an_image_model_use_image_data(capsys):
+    assert main(["methods", "--model", "tiny-vit", "--set", "data.train_per_class=5", "--set",
+                 "data.test_per_class=2", "--set", "data.image_size=28"]) == 0
+    out = capsys.readouterr().out
+    assert "fashion-mnist" in out and "lora" in out
+
+
+def test_partition_needs_only_the_data_settings_and_counts_capped_examples(tiny, capsys):
+    assert main(["partition", *sets(tiny(**{"data.num_clients": 2, "fl.clients_per_round": 2})),
+                 "--set", "fl.clients_per_round=10", "--set", "data.shots=1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 clients" in out and "(8 held by the clients, data.shots = 1)" in out, out

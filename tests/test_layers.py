@@ -11,10 +11,17 @@ from fedft.cli import main
 from fedft.config import load_config
 from fedft.fl import comm, selection
 from fedft.fl.aggregate import partial_average
-from fedft.fl.client import Update
+from fedft.fl.messages import Update
 from fedft.fl.strategies import STRATEGIES
 from fedft.methods.layers import layer_importance
 from fedft.report import selection_counts
+
+
+def selector(exp):
+    """The run's layer selector, as the layers method's hook builds it."""
+    from fedft.methods.layers import LayerSelector
+
+    return LayerSelector(exp.config.method, exp.model, len(exp.clients), exp.config.fl.seed)
 
 
 def random_problem(n=8, L=6, seed=0):
@@ -85,7 +92,7 @@ def test_partial_aggregation_averages_only_the_clients_that_trained_a_layer():
     assert torch.allclose(out["head"], torch.tensor([(1 * 10 + 4 * 20 + 7 * 30) / 60]))
     assert out["l1"] is current["l1"]  # nobody trained it: untouched, bit for bit
     strategy = STRATEGIES.get("fedavg", "fl.strategy")(load_config().fl)
-    agg = strategy.aggregate(current, [Update(a, 10), Update(b, 20), Update(c, 30)])
+    agg = strategy.aggregate(1, current, [Update(0, a, 10), Update(0, b, 20), Update(0, c, 30)])
     assert torch.equal(agg["l1"], current["l1"]) and torch.allclose(agg["l0"], out["l0"])
 
 
@@ -101,12 +108,13 @@ def test_clients_send_exactly_their_layers_and_the_rest_stays_put(tiny, tmp_path
     if select == "top":
         assert all(v == [1] for v in selected.values())
     exp = prepare(config)
-    layer_of = exp.selector.layer_of
+    sel = selector(exp)
+    layer_of = sel.layer_of
     expected = 0
     for layers in selected.values():
         names = [n for n, l in layer_of.items() if l is None or l in layers]
         expected += len(comm.encode({n: start[n] for n in names}, "float32"))
-        expected += 4 * exp.selector.num_layers if select == "gradient" else 0  # the importance report
+        expected += 4 * sel.num_layers if select == "gradient" else 0  # the importance report
     assert row["bytes_up"] == expected
     from safetensors.torch import load_file
 
@@ -124,7 +132,7 @@ def test_clients_send_exactly_their_layers_and_the_rest_stays_put(tiny, tmp_path
 def test_masks_are_kept_until_reselection(tiny):
     exp = prepare(load_config(None, tiny(**{"method.name": "layers", "method.select": "random",
                                             "method.budget": 1, "method.reselect_every": 3})))
-    sel = exp.selector
+    sel = selector(exp)
     first, _ = sel.choose(1, [0, 1], lambda c: None)
     assert sel.choose(3, [0, 1], lambda c: None)[0] == first
     assert sel.masks[0][0] == 1
@@ -135,16 +143,16 @@ def test_masks_are_kept_until_reselection(tiny):
 def test_heterogeneous_budgets_are_drawn_once_within_bounds(tiny):
     exp = prepare(load_config(None, tiny(**{"method.name": "layers", "method.budget_min": 1, "method.budget_max": 2,
                                             "data.num_clients": 4})))
-    b = exp.selector.budget
+    b = selector(exp).budget
     assert len(b) == 4 and b.min() >= 1 and b.max() <= 2
     again = prepare(load_config(None, tiny(**{"method.name": "layers", "method.budget_min": 1,
                                               "method.budget_max": 2, "data.num_clients": 4})))
-    assert (again.selector.budget == b).all()
+    assert (selector(again).budget == b).all()
 
 
 def test_importance_is_the_summed_squared_gradient_norm_per_layer(tiny):
     exp = prepare(load_config(None, tiny(**{"method.name": "layers"})))
-    sel, idx = exp.selector, exp.clients[0][:16]
+    sel, idx = selector(exp), exp.clients[0][:16]
     gn = layer_importance(exp.model, exp.params, sel.layer_of, sel.num_layers, exp.train, idx, 16, "gn")
     exp.model.eval()
     inputs, labels = exp.train.batch(idx)

@@ -7,8 +7,8 @@ from safetensors.torch import save
 from fedft.api import prepare
 from fedft.config import load_config
 from fedft.fl import comm
-from fedft.fl.loop import Setup, federated
-from fedft.fl.strategies import STRATEGIES
+from fedft.fl.loop import federated
+from fedft.driver import assemble
 from fedft.methods import METHODS
 from fedft.methods.base import frozen_snapshot
 
@@ -18,6 +18,7 @@ OWN = {
     "head": lambda n: ".head." in f".{n}" and "lora" not in n,
     "bias": lambda n: n.endswith(".bias") or n.startswith("head."),  # every bias of the backbone, checked below
     "lora": lambda n: "lora_" in n or "modules_to_save" in n,
+    "dora": lambda n: "lora_" in n or "modules_to_save" in n,  # lora_A, lora_B and lora_magnitude_vector
     "adapter": lambda n: ".adapter." in n or n.startswith("head."),
     "prompt": lambda n: n.startswith(("prompt.", "head.")),
     "layers": lambda n: "embeddings" not in n and "pre_layrnorm" not in n,  # inner full; per-client masks: test_layers
@@ -31,10 +32,8 @@ MODELS = {"tiny-bert": {}, "tiny-vit": IMAGE, "tiny-dinov2": IMAGE, "tiny-clip":
 
 def one_round(tiny, method, model="tiny-bert", **extra):
     extra = {**MODELS[model], "model.name": model, **extra}
-    exp = prepare(load_config(None, tiny(**{"method.name": method, "fl.rounds": 1}, **extra)))
-    strategy = STRATEGIES.get("fedavg", "fl.strategy")(exp.config.fl)
-    setup = Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, exp.config.fl, 1e-2, "float32", strategy)
-    return exp, setup
+    exp = prepare(load_config(None, tiny(**{"method.name": method, "fl.rounds": 1, "fl.lr": 1e-2}, **extra)))
+    return exp, assemble(exp).fed
 
 
 def test_every_method_is_in_the_matrix():
@@ -62,7 +61,8 @@ def test_round_changes_only_the_methods_parameters(tiny, method, model):
     # payload bytes are the serialised trainable tensors, once per sampled client each way
     payload = len(save({k: p.detach().contiguous() for k, p in exp.params.items()}))
     assert row.bytes_down == payload * len(row.clients)
-    assert row.bytes_up == payload * len(row.clients)
+    reports = 4 * 2 * len(row.clients) if method == "layers" else 0  # gradient selection: 2 layers' importance
+    assert row.bytes_up == payload * len(row.clients) + reports
 
 
 def test_payload_dtype_halves_bytes(tiny):

@@ -211,11 +211,15 @@ def test_proxy_run_reports_full_and_sub_accuracy_and_counts_alignment_bytes(prox
     fresh = [c for c in r3["clients"]]  # every client sampled in round 3 is behind the round-2 alignment
     assert r3["bytes_down"] - r1["bytes_down"] == ffn * len(fresh)
     assert result.final["full_model_params"] > result.final["total_params"]
-    # the reported figures are the full model's with the final parameters (exported in PEFT's format) plugged in
+    # the reported figures are the full model's with the final parameters (exported as a PEFT adapter of the
+    # plain full backbone, and the head) plugged in
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    state = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    lora = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    head = load_file(str(tmp_path / "run" / "head.safetensors"))
+    state = {k.replace("base_model.model.", "base_model.model.backbone.", 1): v for k, v in lora.items()}
+    state.update({f"base_model.model.head.{k}": v for k, v in head.items()})
     set_peft_model_state_dict(exp.proxy.full, state)
     acc, loss = evaluate(exp.proxy.full, exp.proxy.test)
     assert acc == pytest.approx(record["final"]["accuracy"]) and loss == pytest.approx(record["final"]["loss"], 1e-5)

@@ -65,7 +65,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny):
     {"method.name": "lora", "dp.mode": "sample", "dp.noise_multiplier": 1.0, "dp.clip": 1.0, "fl.batch_size": 8},
     {"method.name": "lora", "proxy.kind": "fedpft", "proxy.keep_layers": [0], "proxy.ffn_neurons": 8,
      "proxy.distill_steps": 3, "proxy.align_every": 2, "proxy.align_steps": 3},
-], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft"])
+    {"method.name": "bias", "fl.strategy": "scaffold", "fl.optimizer": "sgd", "fl.lr": 0.05, "fl.momentum": 0.5},
+], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft", "scaffold-sgd"])
 def test_resume_after_ctrl_c(tmp_path, tiny, text_csv, extra):
     """Client DP's noise generator and adaptive clip with FedAvgM's momentum, the layer masks (re-chosen every 3
     rounds, so round 3 reuses round 1's), the per-client DP accountants, and FedPFT's sub-model FFNs re-aligned in
@@ -104,3 +105,33 @@ def test_resume_refusals(tmp_path, tiny, capsys):
     (tmp_path / "done" / "results.json").write_text('{"config": {"fl": ')
     assert main(["run", "--resume", str(tmp_path / "done")]) == 2
     assert "results.json is damaged" in capsys.readouterr().err
+
+
+def _cut_after_two(tmp_path, sets):
+    def stop_after_two(line):
+        if line.startswith("round   2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fedft.run(load_config(None, sets), tmp_path / "cut", log=stop_after_two)
+    return tmp_path / "cut"
+
+
+def test_resume_of_an_edited_config_is_refused_and_leaves_the_run_as_it_was(tmp_path, tiny, capsys):
+    cut = _cut_after_two(tmp_path, tiny(**{"method.name": "lora", "fl.rounds": 4}))
+    record = json.loads((cut / "results.json").read_text())
+    record["config"]["method"]["name"] = "bias"
+    (cut / "results.json").write_text(json.dumps(record))
+    before = {p.name: p.read_bytes() for p in cut.iterdir()}
+    assert main(["run", "--quiet", "--resume", str(cut)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "method.name = 'lora' then, 'bias' now" in err and "\n" not in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in cut.iterdir()} == before
+
+
+def test_resume_without_its_checkpoint_says_it_is_missing(tmp_path, tiny, capsys):
+    cut = _cut_after_two(tmp_path, tiny(**{"method.name": "bias", "fl.rounds": 4}))
+    (cut / "checkpoint.pt").unlink()
+    assert main(["run", "--quiet", "--resume", str(cut)]) == 2
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is missing" in err and "2 finished rounds" in err, err

@@ -6,7 +6,7 @@ import torch
 from fedft.config import load_config
 from fedft.errors import UsageError
 from fedft.fl.aggregate import coordinate_median, krum_select, trimmed_mean
-from fedft.fl.client import Update
+from fedft.fl.messages import Update
 from fedft.fl.strategies import STRATEGIES
 
 
@@ -41,12 +41,12 @@ def test_krum_picks_the_clustered_updates():
 def test_strategies_resist_one_huge_update():
     cfg = load_config(None, ["fl.strategy=\"median\""]).fl
     current = {"w": torch.zeros(3)}
-    honest = [Update({"w": torch.full((3,), v)}, 10) for v in (1.0, 1.1, 0.9, 1.05)]
-    evil = Update({"w": torch.full((3,), 1e6)}, 10)
+    honest = [Update(0, {"w": torch.full((3,), v)}, 10) for v in (1.0, 1.1, 0.9, 1.05)]
+    evil = Update(0, {"w": torch.full((3,), 1e6)}, 10)
     for name in ("median", "trimmed_mean", "krum"):
-        out = STRATEGIES.get(name, "fl.strategy")(cfg).aggregate(current, [*honest, evil])["w"]
+        out = STRATEGIES.get(name, "fl.strategy")(cfg).aggregate(1, current, [*honest, evil])["w"]
         assert out.abs().max() < 1.2, name
-    fedavg = STRATEGIES.get("fedavg", "fl.strategy")(cfg).aggregate(current, [*honest, evil])["w"]
+    fedavg = STRATEGIES.get("fedavg", "fl.strategy")(cfg).aggregate(1, current, [*honest, evil])["w"]
     assert fedavg.abs().max() > 1e5
 
 
@@ -97,18 +97,18 @@ def test_attacks():
 def test_bad_updates_are_rejected_and_the_run_completes(tmp_path, tiny, monkeypatch):
     """One client sends NaN, one a wrong shape, one a huge update (scaled): each is rejected and recorded."""
     import fedft
-    from fedft.fl import loop
+    from fedft.fl import runners
 
-    real = loop.Setup.train_clients
+    real = runners.OneByOne.train
 
-    def corrupt(self, starts, cids, rnd, trained=None):
-        updates = real(self, starts, cids, rnd, trained)
+    def corrupt(self, rnd, instructions):
+        updates = real(self, rnd, instructions)
         name = next(iter(updates[0].state))
         updates[0].state[name] = torch.full_like(updates[0].state[name], float("nan"))
         updates[1].state[name] = updates[1].state[name].reshape(-1)[:-1]
         return updates
 
-    monkeypatch.setattr(loop.Setup, "train_clients", corrupt)
+    monkeypatch.setattr(runners.OneByOne, "train", corrupt)
     cfg = load_config(None, tiny(**{"method.name": "bias", "fl.clients_per_round": 4, "fl.malicious_fraction": 0.25,
                                     "fl.attack": "scale", "fl.attack_scale": 1000.0, "fl.max_update_norm": 5.0}))
     result = fedft.run(cfg, tmp_path / "r")

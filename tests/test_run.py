@@ -97,19 +97,16 @@ def test_float16_on_the_wire(tmp_path, tiny):
     assert r16.final["bytes_total"] < 0.6 * r32.final["bytes_total"]
 
 
-def test_lora_export_loads_with_peft_and_gives_the_same_logits(tmp_path, tiny):
+def test_lora_export_loads_on_the_plain_backbone_with_peft_and_gives_the_same_logits(tmp_path, tiny):
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from fedft.api import prepare
-    from fedft.fl.loop import Setup, federated
-    from fedft.fl.strategies import STRATEGIES
+    from fedft.api import assemble, prepare
+    from fedft.fl.loop import federated
     from fedft.models import Classifier, load_backbone
 
-    exp = prepare(load_config(None, tiny(**{"method.name": "lora"})))
-    strategy = STRATEGIES.get("fedavg", "fl.strategy")(exp.config.fl)
-    for _ in federated(Setup(exp.model, exp.params, exp.train, exp.test, exp.clients, exp.config.fl, 0.05,
-                             "float32", strategy)):
+    exp = prepare(load_config(None, tiny(**{"method.name": "lora", "fl.lr": 0.05})))
+    for _ in federated(assemble(exp).fed):
         pass
     meta = {"model": "tiny-bert", "model_source": "tiny-bert", "classes": ["a", "b", "c", "d"], "pooling": "mean"}
     files = exp.method.export(exp.model, tmp_path, meta)
@@ -117,18 +114,22 @@ def test_lora_export_loads_with_peft_and_gives_the_same_logits(tmp_path, tiny):
     weights = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert any("lora_B" in k and w.abs().sum() > 0 for k, w in weights.items()), "LoRA B never trained"
 
-    fresh = Classifier(load_backbone(exp.config.model).model, 4, "mean", seed=123)  # other head init
+    fresh = load_backbone(exp.config.model).model  # the plain backbone (seeded tiny BERT), no fedft classifier
     loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "adapter")).eval()
+    head = load_file(str(tmp_path / "head.safetensors"))
     inputs, _ = exp.test.batch(list(range(8)))
     exp.model.eval()
     with torch.no_grad():
-        assert torch.allclose(loaded(**inputs), exp.model(**inputs), atol=1e-6)
+        hidden = loaded(**inputs).last_hidden_state
+        m = inputs["attention_mask"].unsqueeze(-1).float()
+        logits = ((hidden * m).sum(1) / m.sum(1)) @ head["weight"].T + head["bias"]
+        assert torch.allclose(logits, exp.model(**inputs), atol=1e-5)
         untrained = Classifier(load_backbone(exp.config.model).model, 4, "mean", seed=123).eval()
-        assert not torch.allclose(loaded(**inputs), untrained(**inputs), atol=1e-4)
+        assert not torch.allclose(logits, untrained(**inputs), atol=1e-4)
 
 
 def test_interrupted_run_keeps_finished_rounds(tmp_path, tiny, monkeypatch):
-    import fedft.api as api
+    import fedft.driver as api
 
     real = api.write_csv
     calls = []

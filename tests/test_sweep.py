@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-import fedft.api
+import fedft.driver
 from fedft.cli import main
 
 
@@ -16,7 +16,7 @@ def sweep_args(tiny, out, *extra):
 def test_sweep_resumes_after_a_kill_running_only_the_missing_cells(tiny, tmp_path, monkeypatch, capsys):
     out = tmp_path / "sw"
     grid = ["--grid", "method.name=head,bias", "--grid", "fl.local_epochs=1,2"]
-    real_run, calls = fedft.api.run, []
+    real_run, calls = fedft.driver.run, []
 
     def killed_on_third(config, out_dir, **kw):
         calls.append(out_dir.name)
@@ -24,14 +24,14 @@ def test_sweep_resumes_after_a_kill_running_only_the_missing_cells(tiny, tmp_pat
             raise KeyboardInterrupt  # Ctrl-C in the third cell, before it finished
         return real_run(config, out_dir, **kw)
 
-    monkeypatch.setattr(fedft.api, "run", killed_on_third)
+    monkeypatch.setattr(fedft.driver, "run", killed_on_third)
     assert main(sweep_args(tiny, out, *grid)) == 130
     finished = sorted(d.name for d in out.iterdir() if (d / "results.json").is_file())
     assert len(finished) == 2 and (out / "summary.csv").is_file()  # the finished cells are summarised
     mtimes = {n: (out / n / "results.json").stat().st_mtime_ns for n in finished}
 
     calls.clear()
-    monkeypatch.setattr(fedft.api, "run", lambda config, out_dir, **kw: (calls.append(out_dir.name),
+    monkeypatch.setattr(fedft.driver, "run", lambda config, out_dir, **kw: (calls.append(out_dir.name),
                                                                         real_run(config, out_dir, **kw))[1])
     assert main(sweep_args(tiny, out, *grid)) == 0
     assert len(calls) == 2 and not set(calls) & set(finished)  # only the two missing cells ran
@@ -86,7 +86,7 @@ def test_sweep_file_grid_and_inf_epsilon(tiny, tmp_path, text_csv):
 
 @pytest.mark.parametrize("extra, message", [
     (["--grid", "fl.rounds=1,0"], "fl.rounds = 0: must be >= 1"),
-    (["--grid", "method.name=bias,dora"], "method.name = 'dora'"),
+    (["--grid", "method.name=bias,nope"], "method.name = 'nope'"),
     (["--grid", "fl.roundz=1,2"], "unknown config key fl.roundz"),
     ([], "nothing to sweep"),
     (["--grid", "method.name=bias", "--repeat", "0"], "--repeat 0: must be >= 1"),
@@ -106,3 +106,31 @@ def test_sweep_refuses_to_mix_another_experiment_into_a_cell(tiny, tmp_path, cap
     assert main(sweep_args(tiny, out, "--grid", "method.name=head", "--set", "fl.lr=0.5")) == 2
     assert "holds a different experiment under the same name" in capsys.readouterr().err
     assert (out / "method.name-head__seed-0" / "results.json").read_text() == before
+
+
+def test_report_counts_a_run_named_twice_once(tiny, tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(sweep_args(tiny, out, "--grid", "method.name=head", "--repeat", "2")) == 0
+    cell = next(d for d in out.iterdir() if d.is_dir())
+    capsys.readouterr()
+    assert main(["report", str(cell), str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert capsys.readouterr().out.startswith("2 finished runs")
+
+
+def test_ctrl_c_in_a_sweep_says_how_to_go_on_and_keeps_the_summary(tiny, tmp_path, monkeypatch, capsys):
+    import fedft.driver
+
+    real, calls = fedft.driver.run, []
+
+    def second_is_interrupted(config, out_dir=None, **kw):
+        calls.append(out_dir)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(config, out_dir, **kw)
+
+    monkeypatch.setattr(fedft.driver, "run", second_is_interrupted)
+    out = tmp_path / "sw"
+    assert main(sweep_args(tiny, out, "--grid", "method.name=head,bias")) == 130
+    err = capsys.readouterr().err
+    assert "run the same fedft sweep command again" in err and "--resume" not in err
+    assert (out / "summary.csv").is_file()

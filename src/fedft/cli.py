@@ -102,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedft: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedft: interrupted; the rounds finished so far are in results.json (a federated run continues with "
-              "fedft run --resume RUN_DIR)", file=sys.stderr)
+        if args.command == "sweep":
+            print("fedft: interrupted; finished runs are kept: run the same fedft sweep command again to go on",
+                  file=sys.stderr)
+        else:
+            print("fedft: interrupted; the rounds finished so far are in results.json (a federated run continues "
+                  "with fedft run --resume RUN_DIR)", file=sys.stderr)
         return 130
     except RunFailed as e:
         print(f"fedft: {e}", file=sys.stderr)
@@ -146,12 +150,12 @@ def _config_args(p: argparse.ArgumentParser) -> None:
                    help="override one config value (repeatable), e.g. --set fl.rounds=5")
 
 
-def _load(args: argparse.Namespace, extra: list[str] = ()):
+def _load(args: argparse.Namespace, extra: list[str] = (), check: bool = True):
     from fedft.config import load_config
 
     if args.config and args.config_opt:
         raise UsageError("give the config file once (positional or --config)")
-    return load_config(args.config or args.config_opt, [*args.set, *extra])
+    return load_config(args.config or args.config_opt, [*args.set, *extra], check=check)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -164,9 +168,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                          "--set or --out with it")
     config = resume_config(args.resume) if args.resume else _load(args)
     log = None if args.quiet else tqdm.write
-    if log:
-        log(f"fedft: {config.fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, "
-            f"{config.data.num_clients} clients, {config.fl.rounds} rounds")
     result = run(config, args.resume or args.out, progress=not args.quiet, log=log, resume=bool(args.resume))
     f = result.final
     print(f"final accuracy {f['accuracy']:.4f}; {f['bytes_total'] / 1e6:.2f} MB sent; "
@@ -181,6 +182,15 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from fedft.methods.base import count_parameters
 
     config = _load(args, [f"model.name={_toml_str(args.model)}"] if args.model else [])
+    if not any(item.split("=", 1)[0].strip() == "data.name" for item in args.set) and not (args.config or
+                                                                                           args.config_opt):
+        from fedft.models import load_backbone
+
+        if load_backbone(config.model).modality == "image":  # an image model: the built-in image data set
+            config.data.name = "fashion-mnist" if config.data.name == "wordnet-nouns" else config.data.name
+    # the table depends on the model and the classes only: one client, so no split of the data can fail
+    config.data.num_clients, config.data.partition, config.fl.clients_per_round = 1, "iid", 1
+    config.fl.min_clients = min(config.fl.min_clients, 1)
     header = False
     for name in METHODS.names():
         config.method.name = name
@@ -200,11 +210,13 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from fedft.data import load_dataset
     from fedft.data.partition import label_counts, partition
 
-    config = _load(args)
+    config = _load(args, check=False)  # a partition uses [data] and fl.seed only: no fl.clients_per_round check
     train, _ = load_dataset(config.data)
     clients = partition(train.labels, config.data, config.fl.seed)
     counts = label_counts(clients, train.labels, len(train.classes))
-    print(f"{config.data.name}: {len(train.labels)} training examples, {len(train.classes)} classes, "
+    held = sum(len(c) for c in clients)
+    capped = f" ({held} held by the clients, data.shots = {config.data.shots})" if held != len(train.labels) else ""
+    print(f"{config.data.name}: {len(train.labels)} training examples{capped}, {len(train.classes)} classes, "
           f"{len(clients)} clients, partition {config.data.partition}")
     print("classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(train.classes)))
     for cid, row in enumerate(counts):
@@ -225,7 +237,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from fedft.api import run
+    from fedft import driver
     from fedft.summary import load_finished, write_summary
     from fedft.sweep import cells, parse_grid, read_sweep, run_sweep
 
@@ -242,13 +254,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {str(out)!r} is a file, not a folder")
     dirs = []
     try:
-        dirs = run_sweep(todo, out, lambda config, d: run(config, d, progress=True), log=tqdm.write)
-    finally:
-        done = load_finished([d for d in (dirs or [out / c.name for c in todo]) if (d / "results.json").exists()])
-        if done:
-            written = write_summary(out, done)
-            print(f"{len(done)} of {len(todo)} runs finished; wrote {', '.join(written)} in {out}")
+        dirs = run_sweep(todo, out, lambda config, d: driver.run(config, d, progress=True), log=tqdm.write)
+    finally:  # the summary of what finished, whatever ended the sweep: a second Ctrl-C waits until it is written
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            _drop_half_imported()
+            done = load_finished([d for d in (dirs or [out / c.name for c in todo]) if (d / "results.json").exists()])
+            if done:
+                written = write_summary(out, done)
+                print(f"{len(done)} of {len(todo)} runs finished; wrote {', '.join(written)} in {out}")
+        finally:
+            signal.signal(signal.SIGINT, previous)
     return 0
+
+
+def _drop_half_imported() -> None:
+    """A Ctrl-C that lands while a module is being imported (matplotlib, during a run's start-up) leaves it half
+    initialised in sys.modules, and the next import of it fails: forget such modules, so they load afresh."""
+    for name, module in list(sys.modules.items()):
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and getattr(spec, "_initializing", False):
+            del sys.modules[name]
 
 
 def cmd_report(args: argparse.Namespace) -> int:

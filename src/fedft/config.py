@@ -75,7 +75,7 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = doc("tuning method: full | head | bias | lora | adapter | prompt | layers (selective layers)",
+    name: str = doc("tuning method: full | head | bias | lora | dora | adapter | prompt | layers (selective layers)",
                     default="lora")
     rank: int = doc("lora: rank r of the low-rank update", default=8)
     alpha: float = doc("lora: scaling alpha (update scaled by alpha / rank)", default=16.0)
@@ -137,10 +137,14 @@ class FLConfig:
     batch_size: int = doc("local mini-batch size", default=32)
     group_by_length: bool = doc("batch examples of similar length together (less padding, much faster on text); "
                                 "false = uniformly random batches", default=True)
-    lr: float = doc("local learning rate (AdamW); 0 = the method's default", default=0.0)
-    weight_decay: float = doc("AdamW weight decay on trainable parameters", default=0.0)
-    strategy: str = doc("server strategy: fedavg | fedprox | fedavgm | fedadam | median | trimmed_mean | krum "
-                        "(the last three are robust to some malicious clients)", default="fedavg")
+    lr: float = doc("local learning rate; 0 = the method's default (set for AdamW: give one for sgd)", default=0.0)
+    weight_decay: float = doc("weight decay on trainable parameters (AdamW: decoupled; sgd: L2 in the gradient)",
+                              default=0.0)
+    optimizer: str = doc("local optimizer: adamw | sgd (with fl.momentum; SCAFFOLD is defined for SGD steps)",
+                         default="adamw")
+    momentum: float = doc("sgd: momentum of the local optimizer (0 = plain SGD)", default=0.0)
+    strategy: str = doc("server strategy: fedavg | fedprox | fedavgm | fedadam | scaffold | median | trimmed_mean | "
+                        "krum (the last three are robust to some malicious clients)", default="fedavg")
     trim_beta: float = doc("trimmed_mean: share of updates dropped at each end, per coordinate", default=0.2)
     krum_byzantine: int = doc("krum: malicious clients assumed per round (scores use the n - f - 2 nearest)",
                               default=1)
@@ -202,6 +206,14 @@ class FLConfig:
         _at_least("fl.parallel_clients", self.parallel_clients, 0)
         _at_least("fl.cache_mb", self.cache_mb, 0)
         _choice("fl.precision", self.precision, ("auto", "fp32", "bf16"))
+        _choice("fl.optimizer", self.optimizer, ("adamw", "sgd"))
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"fl.momentum = {self.momentum}: must be in [0, 1)")
+        if self.momentum and self.optimizer != "sgd":
+            raise UsageError(f"fl.momentum = {self.momentum} is an sgd setting; fl.optimizer = {self.optimizer!r}")
+        if self.strategy == "scaffold" and self.optimizer != "sgd":
+            raise UsageError("fl.strategy = 'scaffold' corrects SGD steps (Karimireddy et al.): set fl.optimizer = "
+                             "'sgd' (and a fl.lr for it)")
         for key in ("dropout", "stragglers"):
             if not 0 <= getattr(self, key) <= 1:
                 raise UsageError(f"fl.{key} = {getattr(self, key)}: must be a probability in [0, 1]")
@@ -415,6 +427,10 @@ class Config:
         if self.method.name == "layers" and self.dp.mode != "none":
             raise UsageError("method.name = 'layers' with dp.mode: not supported (clients send different layers, "
                              "which the DP accounting here does not cover); use dp.mode = 'none'")
+        if self.fl.strategy == "scaffold" and (self.dp.mode != "none" or self.method.name == "layers"):
+            what = f"dp.mode = {self.dp.mode!r}" if self.dp.mode != "none" else "method.name = 'layers'"
+            raise UsageError(f"fl.strategy = 'scaffold' with {what}: not supported (control variates assume every "
+                             f"client sends every parameter, unclipped); use fedavg or fedprox")
         if self.dp.mode != "none" and self.fl.mode != "federated":
             raise UsageError(f"dp.mode = {self.dp.mode!r} needs fl.mode = 'federated' (not {self.fl.mode!r})")
 
@@ -422,7 +438,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Config:
+    def from_dict(cls, raw: dict[str, Any], check: bool = True) -> Config:
         """Build and check a config from nested {section: {key: value}} (a parsed TOML file)."""
         if not isinstance(raw, dict):
             raise UsageError("config must be a table of sections")
@@ -436,7 +452,7 @@ class Config:
             sections[name] = value
         built = {name: _build(name, typ, sections.get(name, {})) for name, typ in SECTIONS.items()}
         config = cls(**built)
-        config.check()
+        config.check() if check else config.data.check()
         return config
 
 
@@ -446,8 +462,10 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a TOML file (or the defaults), apply `section.key=value` overrides, check everything."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), check: bool = True
+                ) -> Config:
+    """Read a TOML file (or the defaults), apply `section.key=value` overrides, check everything (check=False:
+    only the keys' types and the [data] section, for commands that use nothing else)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -467,7 +485,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(raw.setdefault(section, {}), dict):
             raise UsageError(f"config section [{section}] must be a table of key = value")
         raw[section][name] = value
-    return Config.from_dict(raw)
+    return Config.from_dict(raw, check)
 
 
 def parse_override(item: str) -> tuple[tuple[str, str], Any]:

@@ -1,4 +1,5 @@
-"""One small generic registry: methods, strategies and data sets register themselves by name."""
+"""One small generic registry: methods, strategies, tasks and run parts register themselves by name (a decorator),
+and `discover` imports every module of a package so that registration needs no hand-kept import list."""
 from __future__ import annotations
 
 from typing import Callable, Generic, TypeVar
@@ -30,3 +31,13 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         return sorted(self._items)
+
+
+def discover(package: str) -> None:
+    """Import every module of `package` (a dotted name), so each registers itself: a new method, strategy, task or
+    hook is one file in its package, with no import list to keep by hand."""
+    import importlib
+    import pkgutil
+
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{info.name}")

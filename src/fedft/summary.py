@@ -18,15 +18,20 @@ SEED_KEY = "fl.seed"
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    """Each path is a run folder (has results.json) or a folder of run folders."""
-    runs = []
+    """Each path is a run folder (has results.json) or a folder of run folders. A run named twice (a sweep's cell
+    and the sweep) is counted once."""
+    runs, seen = [], set()
     for p in map(Path, paths):
         if (p / "results.json").is_file():
-            runs.append(p)
+            found = [p]
         elif p.is_dir():
-            runs += sorted(d for d in p.iterdir() if (d / "results.json").is_file())
+            found = sorted(d for d in p.iterdir() if (d / "results.json").is_file())
         else:
             raise UsageError(f"{str(p)!r} is not a run folder (no results.json) nor a folder of runs")
+        for run in found:
+            if run.resolve() not in seen:
+                seen.add(run.resolve())
+                runs.append(run)
     return runs
 
 

@@ -53,6 +53,8 @@ def check_deployable(config: Config) -> None:
         raise UsageError(f"method.name = 'layers' {where}: the importance reports are not sent over Flower yet")
     if config.dp.mode == "sample":
         raise UsageError(f"dp.mode = 'sample' {where}; client-level DP (dp.mode = 'client') works on Flower")
+    if config.fl.strategy == "scaffold":
+        raise UsageError(f"fl.strategy = 'scaffold' {where}: its control variates are not sent over Flower yet")
     if config.deploy.secagg:
         if config.dp.mode != "none":
             raise UsageError("deploy.secagg with dp: the server adds its noise to the sum it sees; SecAgg+ and "

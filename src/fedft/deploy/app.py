@@ -22,7 +22,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedft.config import Config
 from fedft.errors import UsageError
-from fedft.fl.client import State, Update
+from fedft.fl.messages import Instruction, State, Update
+from fedft.fl.runners import Runner
 
 server = ServerApp()
 client = ClientApp()
@@ -45,25 +46,33 @@ def main(grid: Grid, context: Context) -> None:
               remote=lambda exp: FlowerClients(grid, context, exp), resume=bool(context.run_config.get("resume")))
 
 
-class FlowerClients:
-    """Setup.remote for a deployed run: train clients `cids` on their SuperNodes, return the updates that came back
-    (in the order of `cids`; a node that fails or misses deploy.timeout counts as dropped out)."""
+class FlowerClients(Runner):
+    """The runner of a deployed run: train the instructed clients on their SuperNodes, return the updates that came
+    back (in the order of the instructions; a node that fails or misses deploy.timeout counts as dropped out)."""
 
-    def __init__(self, grid: Grid, context: Context, exp) -> None:
+    def __init__(self, grid: Grid, context: Context, exp, tick=lambda: None) -> None:
         self.grid, self.context, self.names = grid, context, list(exp.params)
         self.cfg = exp.config.deploy
         self.timeout = self.cfg.timeout or None
+        self.tick = tick
         self.nodes, self.sizes = connect(grid, exp.config.data.num_clients, exp.classes)
 
-    def __call__(self, starts: list[State], cids: list[int], rnd: int) -> list[Update]:
+    def train(self, rnd: int, instructions: list[Instruction]) -> list[Update]:
+        updates = self._train(rnd, instructions)
+        for _ in instructions:
+            self.tick()
+        return updates
+
+    def _train(self, rnd: int, instructions: list[Instruction]) -> list[Update]:
         if self.cfg.secagg:
             from fedft.deploy.secagg import secagg_round
 
-            return secagg_round(self, starts, cids, rnd)
-        msgs = [Message(RecordDict({"arrays": ArrayRecord({n: start[n].contiguous() for n in self.names}),
-                                    "config": ConfigRecord({"cid": cid, "round": rnd})}),
-                        dst_node_id=self.nodes[cid], message_type="train")
-                for start, cid in zip(starts, cids)]
+            return secagg_round(self, instructions, rnd)
+        cids = [i.cid for i in instructions]
+        msgs = [Message(RecordDict({"arrays": ArrayRecord({n: i.state[n].contiguous() for n in self.names}),
+                                    "config": ConfigRecord({"cid": i.cid, "round": rnd})}),
+                        dst_node_id=self.nodes[i.cid], message_type="train")
+                for i in instructions]
         t0 = time.perf_counter()
         replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(msgs, timeout=self.timeout)}
         wall = time.perf_counter() - t0
@@ -76,8 +85,8 @@ class FlowerClients:
                 continue
             state = reply.content["arrays"].to_torch_state_dict()
             metrics = reply.content["metrics"]
-            updates.append(Update({n: state[n] for n in self.names},
-                                  int(metrics["num-examples"]), {"loss": float(metrics["loss"]), "client": cid}))
+            updates.append(Update(cid, {n: state[n] for n in self.names}, int(metrics["num-examples"]),
+                                  float(metrics["loss"])))
         if updates:
             m = [r.content["metrics"] for r in replies.values() if not r.has_error()]
             mean = {k: float(np.mean([float(x[k]) for x in m])) for k in ("startup-s", "load-s", "train-s")}
@@ -120,7 +129,7 @@ def connect(grid: Grid, num_clients: int, classes: list[str], wait: float = 600.
 
 @dataclasses.dataclass
 class Node:
-    """One SuperNode's client: the shared model with the method applied, its data, and the simulation's Setup."""
+    """One SuperNode's client: the shared model with the method applied, its data, and the simulation's runner."""
     cid: int
     config: Config
     model: torch.nn.Module
@@ -139,16 +148,22 @@ class Node:
     def examples(self) -> int:
         return len(self.clients[self.cid])
 
-    def setup(self):
-        from fedft.api import precision
-        from fedft.fl.loop import Setup
+    def local_update(self, start: State, rnd: int) -> Update:
+        """Local training of this node's client from `start`, as the simulation's one-by-one runner does it, on the
+        instruction the run's strategy gives (FedProx: its proximal term)."""
+        from fedft.fl.client import TrainConfig
+        from fedft.fl.runners import OneByOne, Pool
         from fedft.fl.strategies import STRATEGIES
         from fedft.methods import trainable_parameters
+        from fedft.driver import precision
+        from fedft.tasks.classify import CLASSIFY
 
         fl = self.config.fl
-        return Setup(self.model, trainable_parameters(self.model), self.train, None, self.clients, fl, self.lr,
-                     self.config.comm.dtype, STRATEGIES.get(fl.strategy, "fl.strategy")(fl), parallel_clients=1,
-                     precision=precision(fl, self.model))
+        cfg = TrainConfig(fl.local_epochs, fl.batch_size, self.lr, fl.weight_decay, 0.0, fl.group_by_length,
+                          precision(fl, self.model), CLASSIFY.loss, fl.optimizer, fl.momentum)
+        pool = Pool(self.model, trainable_parameters(self.model), self.train, self.clients, cfg, fl.seed)
+        ins = STRATEGIES.get(fl.strategy, "fl.strategy")(fl).configure_train(rnd, [self.cid], start)[0]
+        return OneByOne(pool).train(rnd, [ins])[0]
 
 
 _PREPARED: dict[str, Node] = {}  # this process's prepared experiments (Flower's simulation reuses its processes)
@@ -246,18 +261,18 @@ def train(msg: Message, context: Context) -> Message:
 
         ins = compat.recorddict_to_fitins(msg.content, keep_input=True)
         start = {n: torch.from_numpy(np.array(a)) for n, a in zip(me.names, parameters_to_ndarrays(ins.parameters))}
-        update = me.setup().train_clients([start], [me.cid], int(ins.config["round"]))[0]
+        update = me.local_update(start, int(ins.config["round"]))
         res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([update.state[n].numpy() for n in me.names]),
-                     update.num_examples, {"loss": float(update.metrics.get("loss", float("nan")))})
+                     update.num_examples, {"loss": float(update.loss)})
         return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
     state = msg.content["arrays"].to_torch_state_dict()
     start = {n: state[n] for n in me.names}
     t1 = time.perf_counter()
-    update = me.setup().train_clients([start], [me.cid], int(msg.content["config"]["round"]))[0]
+    update = me.local_update(start, int(msg.content["config"]["round"]))
     return Message(RecordDict({
         "arrays": ArrayRecord({n: update.state[n].detach().cpu().contiguous() for n in me.names}),
         "metrics": MetricRecord({"num-examples": update.num_examples,
-                                 "loss": float(update.metrics.get("loss", float("nan"))),
+                                 "loss": float(update.loss),
                                  # where a node's time goes: start-up and imports, loading the client, training
                                  "startup-s": _since_process_start() - (time.perf_counter() - t0),
                                  "load-s": t_load, "train-s": time.perf_counter() - t1}),

@@ -16,7 +16,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import SecAggPl
 import flwr.compat.common.recorddict_compat as compat
 from flwr.app import ConfigRecord
 
-from fedft.fl.client import State, Update
+from fedft.fl.messages import Instruction, Update
 
 
 class _OneRound(Strategy):
@@ -47,15 +47,16 @@ class _OneRound(Strategy):
         return None
 
 
-def secagg_round(clients, starts: list[State], cids: list[int], rnd: int) -> list[Update]:
+def secagg_round(clients, instructions: list[Instruction], rnd: int) -> list[Update]:
     """`clients` is the FlowerClients of the run. Every returned Update holds the same weighted mean (with that
     client's num_examples), so FedAvg over them gives the mean and the byte count stays per client."""
     names, grid, cfg = clients.names, clients.grid, clients.cfg
     run_id = clients.context.run_id
+    cids = [i.cid for i in instructions]
     strategy = _OneRound([(GridClientProxy(clients.nodes[c], grid, run_id), c) for c in cids], rnd)
     context = LegacyContext(clients.context, config=ServerConfig(num_rounds=1), strategy=strategy)
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: rnd})
-    start = starts[0]  # every sampled client starts from the global state
+    start = instructions[0].state  # every sampled client starts from the global state
     context.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(
         ndarrays_to_parameters([start[n].numpy() for n in names]), keep_input=True)
     workflow = SecAggPlusWorkflow(
@@ -68,5 +69,6 @@ def secagg_round(clients, starts: list[State], cids: list[int], rnd: int) -> lis
         return []
     mean = {n: torch.from_numpy(np.array(a, dtype=np.float32))
             for n, a in zip(names, parameters_to_ndarrays(strategy.aggregate))}
-    return [Update(dict(mean), int(res.num_examples), {"loss": float(res.metrics.get("loss", float("nan")))})
-            for _, res in strategy.results]
+    cid_of = {node: cid for cid, node in clients.nodes.items()}
+    return [Update(cid_of[proxy.node_id], dict(mean), int(res.num_examples), float(res.metrics.get("loss", float("nan"))))
+            for proxy, res in strategy.results]

@@ -68,6 +68,8 @@ def simulate(config: Config, out: Path, log: Callable[[str], None] | None = None
     require_ray()
     check_deployable(config)
     say = log or (lambda line: None)
+    say(f"fedft: {config.fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, "
+        f"{config.data.num_clients} clients, {config.fl.rounds} rounds, on Flower's simulation runtime")
     out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="fedft-flower-sim-"))
     env = {**flower_env(), "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}

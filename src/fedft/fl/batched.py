@@ -47,6 +47,27 @@ class AdamW:
         return out_p, out_m, out_v
 
 
+@dataclass
+class SGD:
+    """torch.optim.SGD's update (dampening 0, L2 weight decay added to the gradient), on stacked tensors; the
+    momentum buffer lives in `m` (zeros at the start, which gives torch's first step), `v` is unused."""
+    lr: float
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+
+    def step(self, params: Stack, grads: Stack, m: Stack, v: Stack, t: int) -> tuple[Stack, Stack, Stack]:
+        out_p, out_m = {}, {}
+        for k, p in params.items():
+            g = grads[k] + self.weight_decay * p if self.weight_decay else grads[k]
+            if self.momentum:
+                out_m[k] = m[k] * self.momentum + g
+                g = out_m[k]
+            else:
+                out_m[k] = m[k]
+            out_p[k] = p - self.lr * g
+        return out_p, out_m, v
+
+
 def stack_inputs(parts: list[dict[str, torch.Tensor]], labels: list[torch.Tensor]
                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """K clients' batches -> inputs (K, B, ...), labels (K, B), weights (K, B). Shorter batches get zero-weight
@@ -70,7 +91,8 @@ def stack_inputs(parts: list[dict[str, torch.Tensor]], labels: list[torch.Tensor
 
 
 def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: list[State], data,
-                  clients: list[np.ndarray], cfg: TrainConfig, seeds: list[int]) -> list[Update]:
+                  clients: list[np.ndarray], cfg: TrainConfig, seeds: list[int], cids: list[int] | None = None,
+                  corrections: list[State] | None = None) -> list[Update]:
     """Train client c (its indices clients[c] into `data`) from starts[c], all in lockstep, as
     `local_train(model, params, starts[c], data, clients[c], cfg, seeds[c])` would; one Update per client."""
     names = list(params)
@@ -82,13 +104,14 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
     stack = {n: t.clone() for n, t in anchor.items()}
     m = {n: torch.zeros_like(t) for n, t in stack.items()}
     v = {n: torch.zeros_like(t) for n, t in stack.items()}
-    opt = AdamW(cfg.lr, cfg.weight_decay)
+    opt = SGD(cfg.lr, cfg.weight_decay, cfg.momentum) if cfg.optimizer == "sgd" else AdamW(cfg.lr, cfg.weight_decay)
+    fix = {n: torch.stack([c[n] for c in corrections]).to(device) for n in names} if corrections else None
     mu = cfg.prox_mu
 
     def client_loss(p, inputs, labels, weights, anchor):
         with autocast(device, cfg.precision):
             logits = functional_call(model, p, (), inputs, strict=False)
-        ce = (nn.functional.cross_entropy(logits.float(), labels, reduction="none") * weights).sum() / weights.sum()
+        ce = (cfg.loss(logits, labels, reduction="none") * weights).sum() / weights.sum()
         objective = ce + 0.5 * mu * sum(((p[k] - anchor[k]) ** 2).sum() for k in p) if mu > 0 else ce
         return objective, ce
 
@@ -110,6 +133,8 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
                 pick = (lambda s: s) if whole else (lambda s: {n: x.index_select(0, sel) for n, x in s.items()})
                 p, mm, vv = pick(stack), pick(m), pick(v)
                 grads, ce = step_fn(p, inputs, labels.to(device), weights.to(device), pick(anchor))
+                if fix is not None:  # SCAFFOLD: c - c_i added to each client's gradient
+                    grads = {n: g + pick(fix)[n] for n, g in grads.items()}
                 with torch.no_grad():
                     p, mm, vv = opt.step({n: x.detach() for n, x in p.items()}, grads, mm, vv, t + 1)
                 if whole:
@@ -122,8 +147,9 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
     finally:
         model.train(was_training)
     mean_loss = (loss_sum.cpu() / torch.tensor([max(len(p), 1) for p in plans])).tolist()
-    return [Update({n: stack[n][c].detach().clone() for n in names} if len(idx) else dict(starts[c]), len(idx),
-                   {"loss": mean_loss[c] if plans[c] else float("nan")})
+    cids = list(range(k_all)) if cids is None else cids
+    return [Update(cids[c], {n: stack[n][c].detach().clone() for n in names} if len(idx) else dict(starts[c]),
+                   len(idx), mean_loss[c] if plans[c] else float("nan"), len(plans[c]))
             for c, idx in enumerate(clients)]
 
 

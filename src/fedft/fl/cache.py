@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedft.fl.parts import Build, part
+
 
 def cacheable(model: nn.Module) -> bool:
     """True when only the head trains and nothing (prompts) enters the frozen backbone's input."""
@@ -75,3 +77,18 @@ class FeatureCache:
                 self.model.train(was_training)
             self.features = out
         return self.features
+
+
+@part(10)
+def feature_cache(b: Build) -> None:
+    """(train, test) as cached frozen features where only the head trains and the cache fits fl.cache_mb."""
+    fl, model = b.exp.config.fl, b.pool.model
+    if not (fl.feature_cache and cacheable(model)) or not b.cacheable:
+        return
+    need = feature_bytes(model, len(b.pool.data) + len(b.test))
+    if need > fl.cache_mb * 2 ** 20:
+        b.log(f"feature cache off: {need / 2 ** 20:.0f} MiB > fl.cache_mb = {fl.cache_mb}")
+        b.record["feature_cache"] = {"enabled": False, "bytes": need}
+        return
+    b.pool.data, b.test = FeatureCache(model, b.pool.data), FeatureCache(model, b.test)
+    b.record["feature_cache"] = {"enabled": True, "bytes": need}

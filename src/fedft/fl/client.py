@@ -1,13 +1,15 @@
 """Local training of one client's trainable state on its data, over the shared frozen model."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-State = dict[str, torch.Tensor]
+from fedft.fl.messages import State, Update
+from fedft.tasks.classify import cross_entropy
 
 
 @dataclass
@@ -19,14 +21,9 @@ class TrainConfig:
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2
     group_by_length: bool = False  # batch examples of similar length together
     precision: str = "fp32"  # or "bf16": autocast the forward pass
-
-
-@dataclass
-class Update:
-    """What a client sends back: its trained parameters, how many examples it trained on, its metrics."""
-    state: State
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    loss: Callable = cross_entropy  # the task's loss(outputs, targets, reduction)
+    optimizer: str = "adamw"  # or "sgd" (with momentum)
+    momentum: float = 0.0
 
 
 def client_seed(*parts: int) -> int:
@@ -45,6 +42,8 @@ def read_state(params: dict[str, nn.Parameter]) -> State:
 
 
 def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(list(params.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -54,9 +53,10 @@ def autocast(device: torch.device, precision: str):
 
 
 def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batches: list[np.ndarray],
-                  opt: torch.optim.Optimizer, prox: tuple[float, State] | None = None, precision: str = "fp32"
-                  ) -> float:
-    """One optimizer step per batch of indices; returns the mean training loss."""
+                  opt: torch.optim.Optimizer, prox: tuple[float, State] | None = None, precision: str = "fp32",
+                  loss_fn: Callable = cross_entropy, correction: State | None = None) -> float:
+    """One optimizer step per batch of indices; returns the mean training loss. `correction` (SCAFFOLD's c - c_i)
+    is added to every gradient before the step."""
     model.train()
     device = next(iter(params.values())).device
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
@@ -64,13 +64,16 @@ def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batch
         inputs, labels = data.batch(idx)
         with autocast(device, precision):
             logits = model(**inputs)
-        loss = nn.functional.cross_entropy(logits.float(), labels)
+        loss = loss_fn(logits, labels)
         objective = loss
         if prox is not None and prox[0] > 0:
             mu, anchor = prox
             objective = loss + 0.5 * mu * sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
         opt.zero_grad(set_to_none=True)
         objective.backward()
+        if correction is not None:
+            for k, p in params.items():
+                p.grad.add_(correction[k])
         opt.step()
         total += loss.detach()
     return float(total) / max(len(batches), 1)
@@ -98,17 +101,19 @@ def lengths_for(data, cfg: TrainConfig) -> np.ndarray | None:
 
 
 def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State, data, indices: np.ndarray,
-                cfg: TrainConfig, seed: int, private=None) -> Update:
+                cfg: TrainConfig, seed: int, private=None, cid: int = -1, correction: State | None = None) -> Update:
     """Train from `start` on this client's examples; the model's frozen weights are shared and never change.
     With `private` (fl.privacy.SampleDP), DP-SGD: Opacus' per-sample gradients, clipping and noise."""
     load_state(params, start)
     if len(indices) == 0:
-        return Update(read_state(params), 0, {"loss": float("nan")})
+        return Update(cid, read_state(params), 0)
     torch.manual_seed(seed)  # dropout inside the model
     rng = np.random.default_rng(seed)
     opt = make_optimizer(params, cfg) if private is None else private.optimizer(params, cfg, seed)
     model = model if private is None else private.module
     prox = (cfg.prox_mu, {k: v.to(params[k].device) for k, v in start.items()}) if cfg.prox_mu > 0 else None
     batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg))
-    loss = train_batches(model, params, data, batches, opt, prox, cfg.precision)
-    return Update(read_state(params), len(indices), {"loss": loss, "steps": len(batches)})
+    if correction is not None:
+        correction = {k: v.to(params[k].device) for k, v in correction.items() if k in params}
+    loss = train_batches(model, params, data, batches, opt, prox, cfg.precision, cfg.loss, correction)
+    return Update(cid, read_state(params), len(indices), loss, len(batches))

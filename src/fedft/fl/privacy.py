@@ -14,9 +14,11 @@ import warnings
 
 import torch
 
-from fedft.config import DPConfig
+from fedft.config import Config, DPConfig
 from fedft.errors import UsageError
 from fedft.fl.aggregate import State, subtract
+from fedft.fl.client import client_seed
+from fedft.fl.parts import Build, part
 
 
 def update_norm(delta: State) -> float:
@@ -135,7 +137,9 @@ class SampleDP:
     def optimizer(self, params, cfg, seed: int):
         from opacus.optimizers import DPOptimizer
 
-        inner = torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        from fedft.fl.client import make_optimizer
+
+        inner = make_optimizer(params, cfg)
         device = next(iter(params.values())).device  # Opacus draws the noise on the parameters' device
         return DPOptimizer(inner, noise_multiplier=self.noise_multiplier, max_grad_norm=self.cfg.clip,
                            expected_batch_size=cfg.batch_size,
@@ -167,8 +171,10 @@ class SampleDP:
 def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels: torch.Tensor) -> None:
     """One backward pass: every trainable tensor must get per-sample gradients from Opacus, else name it."""
     dp.module.train()
+    from fedft.tasks.classify import cross_entropy
+
     try:
-        torch.nn.functional.cross_entropy(dp.module(**inputs), labels).backward()
+        cross_entropy(dp.module(**inputs), labels).backward()
         missing = [f"{n} (used outside its module's forward)" for n, p in params.items()
                    if getattr(p, "grad_sample", None) is None]
     except (TypeError, RuntimeError, NotImplementedError) as e:  # Opacus' fallback cannot call a module
@@ -178,3 +184,61 @@ def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels:
     if missing:
         raise UsageError(f"dp.mode = 'sample': Opacus cannot compute per-sample gradients for {missing[0]}; use "
                          f"method lora, bias, adapter, head or full, or dp.mode = 'client'")
+
+
+NOISE_STREAM = 10 ** 6 + 6  # a tag no round number reaches: (seed, tag) never equals a client's (seed, round, 0)
+
+
+def client_dp(config: Config) -> ClientDP | None:
+    """The server's DP-FedAvg for dp.mode = client (noise calibrated to dp.target_epsilon if set), else None."""
+    if config.dp.mode != "client":
+        return None
+    fl = config.fl
+    rate = fl.clients_per_round / config.data.num_clients
+    z = calibrate(config.dp.target_epsilon, config.dp.delta, rate, fl.rounds) if config.dp.target_epsilon \
+        else config.dp.noise_multiplier
+    return ClientDP(config.dp, fl.clients_per_round, rate, z, client_seed(fl.seed, NOISE_STREAM))
+
+
+def sample_level_dp(config: Config, exp) -> SampleDP | None:
+    """DP-SGD inside clients for dp.mode = sample, else None. The noise for dp.target_epsilon is calibrated for
+    the smallest client taking part in every round (the most any client can spend)."""
+    import numpy as np
+
+    from fedft.fl.availability import local_steps
+
+    if config.dp.mode != "sample":
+        return None
+    fl = config.fl
+    z = config.dp.noise_multiplier
+    if config.dp.target_epsilon:
+        smallest = min(len(c) for c in exp.clients if len(c))
+        z = calibrate(config.dp.target_epsilon, config.dp.delta, min(1.0, fl.batch_size / smallest),
+                      fl.rounds * local_steps(smallest, fl), unit="local steps of the smallest client")
+    dp = SampleDP(config.dp, exp.model, z)
+    check_per_sample_gradients(dp, exp.params, *exp.train.batch(np.arange(min(2, len(exp.train)))))
+    return dp
+
+
+@part(30)
+def client_level(b: Build) -> None:
+    """dp.mode = client: the strategy is wrapped in DP-FedAvg's clipping and noise."""
+    from fedft.fl.strategies.private import PrivateStrategy
+
+    dp = client_dp(b.exp.config)
+    if dp is not None:
+        b.fed.strategy = PrivateStrategy(b.fed.strategy, dp)
+        b.record["dp"] = dp.describe(b.exp.config.fl.rounds)
+
+
+@part(31)
+def sample_level(b: Build) -> None:
+    """dp.mode = sample: clients train with DP-SGD (in fp32: Opacus' per-sample gradients want one dtype)."""
+    from fedft.fl.runners import SampleDP as SampleDPRunner
+
+    dp = sample_level_dp(b.exp.config, b.exp)
+    if dp is not None:
+        b.fed.runner = SampleDPRunner(b.pool, dp)
+        b.record["dp"] = dp.describe()
+        if b.exp.config.fl.precision == "auto":
+            b.pool.cfg.precision = "fp32"

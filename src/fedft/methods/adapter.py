@@ -35,6 +35,7 @@ def _run_adapter(module: nn.Module, args, output: torch.Tensor) -> torch.Tensor:
 @METHODS.register("adapter")
 class Adapter(Method):
     name = "adapter"
+    plain = False  # its modules exist only in fedft: exported as trainable.safetensors, with the head
     default_lr = 1e-3
 
     def apply(self, model):

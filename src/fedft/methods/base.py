@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedft.config import MethodConfig
+from fedft.fl.parts import part
 from fedft.registry import Registry
 
 METHODS: Registry[type["Method"]] = Registry("method")
@@ -27,17 +28,29 @@ class Method:
         """Freeze what this method does not train; return the module to train and evaluate."""
         raise NotImplementedError
 
+    def hooks(self, pool, num_clients: int, seed: int) -> list:
+        """Round hooks this method needs (fedft.fl.hooks.Hook; method layers: which layers each client trains)."""
+        return []
+
+    plain: ClassVar[bool] = True  # its trained tensors are plain backbone tensors (not adapters or prompts)
+
     def export(self, model: nn.Module, out_dir: Path, meta: dict) -> list[str]:
-        """Write the trained parameters; return the file names written. Default: safetensors + JSON."""
+        """Write the trained parameters; return the file names written. Default: fedft's trainable.safetensors +
+        JSON, and the head (and, for methods that train plain backbone tensors, those) in the form that loads
+        without fedft (methods/export.py)."""
         from safetensors.torch import save_file
 
+        from fedft.methods.export import backbone_tensors, write_plain
         from fedft.report import atomic_write
 
-        state = {k: v.detach().contiguous() for k, v in trainable_parameters(model).items()}
+        trained = trainable_parameters(model)
+        state = {k: v.detach().contiguous() for k, v in trained.items()}
         atomic_write(out_dir / "trainable.safetensors", lambda p: save_file(state, str(p)))
         info = dict(meta, method=self.name, tensors={k: list(v.shape) for k, v in state.items()})
         atomic_write(out_dir / "trainable.json", lambda p: Path(p).write_text(json.dumps(info, indent=2)))
-        return ["trainable.safetensors", "trainable.json"]
+        backbone = backbone_tensors(model, list(trained)) if self.plain else None
+        return ["trainable.safetensors", "trainable.json",
+                *write_plain(model, out_dir, dict(meta, method=self.name), backbone)]
 
 
 def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -85,3 +98,9 @@ def frozen_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     out = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     out.update({f"buffer:{n}": b.detach().clone() for n, b in model.named_buffers()})
     return out
+
+
+@part(40)
+def method_hooks(b) -> None:
+    """The round hooks the run's method brings (fedft.fl.parts: installed into every run)."""
+    b.fed.hooks += b.exp.method.hooks(b.pool, len(b.exp.clients), b.exp.config.fl.seed)

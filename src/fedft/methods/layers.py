@@ -4,11 +4,13 @@ final norm; embeddings stay frozen.
 
 The method marks every candidate trainable; `LayerSelector` decides per client and round which layers it
 trains (method.select: top, bottom, random, or gradient: importance reported by the clients, masks chosen by
-the server with the consistency term of fl/selection.py). The loop trains each client on its selection only
-and aggregates each parameter over the clients that trained it.
+the server with the consistency term of fl/selection.py). Its round hook, `LayerHook`, writes each client's
+selection into its instruction (the runner trains only those parameters) and the strategy averages each
+parameter over the clients that trained it.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from torch import nn
 from fedft.errors import UsageError
 from fedft.fl import selection
 from fedft.fl.client import client_seed, load_state
+from fedft.fl.hooks import Hook
+from fedft.tasks.classify import cross_entropy
 from fedft.methods.base import METHODS, Method, freeze_all_but
 from fedft.models.arch import layer_list_name, transformer_layers
 
@@ -48,6 +52,9 @@ class Layers(Method):
             if any(f".{stem}" in name or name.startswith(stem) for stem in FROZEN_STEM):
                 p.requires_grad_(False)
         return model
+
+    def hooks(self, pool, num_clients: int, seed: int) -> list[Hook]:
+        return [LayerHook(LayerSelector(self.cfg, pool.model, num_clients, seed), pool)]
 
     def export(self, model, out_dir: Path, meta: dict) -> list[str]:
         if self.cfg.inner == "lora":
@@ -124,7 +131,8 @@ class LayerSelector:
 
 
 def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of: dict[str, int | None],
-                     num_layers: int, data, idx: np.ndarray, batch_size: int, kind: str = "gn") -> np.ndarray:
+                     num_layers: int, data, idx: np.ndarray, batch_size: int, kind: str = "gn",
+                     loss_fn=cross_entropy) -> np.ndarray:
     """(L,) importance of each layer on one client's data, from one pass of gradients (no update):
     gn = sum over batches of ||grad of the layer's parameters||^2; rgn = gn / ||parameters||^2;
     snr = sum(mean_b grad)^2 / sum(std_b grad) over the layer's parameters (signal over noise across batches)."""
@@ -137,7 +145,7 @@ def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of
     batches = [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
     for batch in batches:
         inputs, labels = data.batch(batch)
-        loss = nn.functional.cross_entropy(model(**inputs).float(), labels)
+        loss = loss_fn(model(**inputs), labels)
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         for n, g in zip(names, grads):
             if g is None:
@@ -164,9 +172,43 @@ def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of
     return gn
 
 
-def client_importance(model, params, start, layer_of, num_layers, data, idx, batch_size, kind):
+def client_importance(model, params, start, layer_of, num_layers, data, idx, batch_size, kind, loss_fn=cross_entropy):
     """A client's importance report, computed with the global state it received."""
     load_state(params, start)
     if len(idx) == 0:
         return np.zeros(num_layers)
-    return layer_importance(model, params, layer_of, num_layers, data, idx, batch_size, kind)
+    return layer_importance(model, params, layer_of, num_layers, data, idx, batch_size, kind, loss_fn)
+
+
+class LayerHook(Hook):
+    """Each returned client's layers for this round (importance reports, where asked, count as bytes sent up)."""
+    order = 20  # after availability: only clients that will return report and are given layers
+
+    def __init__(self, selector: LayerSelector, pool) -> None:
+        self.selector, self.pool = selector, pool
+
+    def configure(self, rnd, instructions, log):
+        p, sel = self.pool, self.selector
+        start = {i.cid: i.state for i in instructions}
+        cids = [i.cid for i in instructions]
+        trained, sent = sel.choose(rnd, cids, lambda cid: client_importance(
+            p.model, p.params, start[cid], sel.layer_of, sel.num_layers, p.data, p.clients[cid], p.cfg.batch_size,
+            sel.cfg.importance, p.cfg.loss))
+        log.bytes_up += sent
+        log.fields["selection"] = sel.selection(cids)
+        return [dataclasses.replace(i, train=trained[i.cid]) for i in instructions]
+
+    def describe(self) -> dict:
+        return {"layers": {"num_layers": self.selector.num_layers, "budgets": self.selector.budget.tolist()}}
+
+    def finish(self, out_dir: Path, rounds: list[dict]) -> None:
+        from fedft.report import plot_selection
+
+        plot_selection(out_dir / "selection.png", rounds, self.selector.num_layers,
+                       f"layers ({self.selector.cfg.select}): clients per layer and round")
+
+    def state(self) -> dict:
+        return {"masks": dict(self.selector.masks)}
+
+    def restore(self, state: dict) -> None:
+        self.selector.masks = state["masks"]

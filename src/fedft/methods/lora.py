@@ -15,13 +15,14 @@ from fedft.models.arch import LORA_TARGETS, lookup
 class Lora(Method):
     name = "lora"
     default_lr = 3e-3
+    use_dora = False  # methods/dora.py
 
     def apply(self, model):
         from peft import LoraConfig, get_peft_model
 
         targets = self.cfg.targets or lookup(LORA_TARGETS, model.backbone.config.model_type, "method 'lora'")
         config = LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-                            target_modules=targets, modules_to_save=["head"])
+                            target_modules=targets, modules_to_save=["head"], use_dora=self.use_dora)
         try:
             model = get_peft_model(model, config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"
@@ -35,19 +36,32 @@ class Lora(Method):
         return model
 
     def export(self, model, out_dir: Path, meta: dict) -> list[str]:
-        """Hugging Face PEFT's own format, loadable with PeftModel.from_pretrained(classifier, out_dir/'adapter')."""
+        """A PEFT adapter of the plain backbone in `adapter/`: `PeftModel.from_pretrained(AutoModel.from_pretrained(
+        base), "RUN/adapter")` loads every LoRA weight. The head goes to head.safetensors (methods/export.py)."""
+        import copy
         import json
         import shutil
         import tempfile
 
-        config = model.peft_config["default"]
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        from fedft.methods.export import BACKBONE, write_plain
+
+        config = copy.deepcopy(model.peft_config["default"])
         config.base_model_name_or_path = meta.get("model_source")
+        config.modules_to_save = None  # the head is not part of the plain backbone: head.safetensors
+        prefix = f"base_model.model.{BACKBONE}"
+        state = {k.replace(prefix, "base_model.model.", 1): v.detach().contiguous().cpu()
+                 for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items() if k.startswith(prefix)}
         tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".adapter-"))
-        model.save_pretrained(str(tmp), save_embedding_layers=False)
+        config.save_pretrained(str(tmp))
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "fedft.json").write_text(json.dumps(dict(meta, method=self.name), indent=2))
         final = out_dir / "adapter"
         if final.exists():
             shutil.rmtree(final)
         tmp.chmod(0o755)
         tmp.rename(final)  # the whole folder appears at once
-        return ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/fedft.json"]
+        files = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/fedft.json"]
+        return files + write_plain(model, out_dir, dict(meta, method=self.name), None, files)

@@ -51,6 +51,7 @@ def _deep_hook(prompts: Prompts, layer: int):
 @METHODS.register("prompt")
 class Prompt(Method):
     name = "prompt"
+    plain = False  # its modules exist only in fedft: exported as trainable.safetensors, with the head
     default_lr = 1e-2
 
     def apply(self, model):

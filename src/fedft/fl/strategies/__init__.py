@@ -1,3 +1,6 @@
-"""Server strategies: how the server turns client updates into the next global state."""
+"""Server strategies: what each sampled client receives, and how the server turns their updates into the next
+global state. One file per strategy, registered and discovered."""
 from fedft.fl.strategies.base import STRATEGIES, Strategy  # noqa: F401
-from fedft.fl.strategies import fedadam, fedavg, fedavgm, robust  # noqa: F401  (registration)
+from fedft.registry import discover
+
+discover(__name__)

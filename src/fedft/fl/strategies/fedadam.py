@@ -7,8 +7,8 @@ from fedft.fl.strategies.base import STRATEGIES, Strategy
 
 @STRATEGIES.register("fedadam")
 class FedAdam(Strategy):
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, num_clients=0):
+        super().__init__(cfg, num_clients)
         self.lr = cfg.server_lr or 0.01
         self.m: State | None = None
         self.v: State | None = None

@@ -5,8 +5,8 @@ from fedft.fl.strategies.base import STRATEGIES, Strategy
 
 @STRATEGIES.register("fedavgm")
 class FedAvgM(Strategy):
-    def __init__(self, cfg):
-        super().__init__(cfg)
+    def __init__(self, cfg, num_clients=0):
+        super().__init__(cfg, num_clients)
         self.lr = cfg.server_lr or 1.0
         self.velocity: State | None = None
 

@@ -1,14 +1,14 @@
 """Byzantine-robust aggregation (after Flower's FedMedian, FedTrimmedAvg and Krum): coordinate-wise median,
 trimmed mean, and (Multi-)Krum, which averages only the updates closest to their neighbours."""
 from fedft.fl.aggregate import State, coordinate_median, krum_select, trimmed_mean, weighted_average
-from fedft.fl.client import Update
+from fedft.fl.messages import Update
 from fedft.fl.strategies.base import STRATEGIES, Strategy
 
 
 class _Robust(Strategy):
     """Combines the updates that carry every parameter (and trained on data); none such: the state stays."""
 
-    def aggregate(self, current: State, updates: list[Update]) -> State:
+    def aggregate(self, rnd: int, current: State, updates: list[Update]) -> State:
         kept = [u for u in updates if u.num_examples > 0 and u.state.keys() == current.keys()]
         return self.combine(kept) if kept else current
 

@@ -1,0 +1,180 @@
+"""Building an experiment from a config: the data and its split over clients, the backbone with the task's head
+and the method applied, on the device. All bad input fails here, before anything is written."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedft.config import Config
+from fedft.data import load_dataset, tokenize
+from fedft.data.partition import partition
+from fedft.errors import UsageError
+from fedft.fl.strategies import STRATEGIES
+from fedft.methods import METHODS, Method, trainable_parameters
+from fedft.methods.base import freeze_unused
+from fedft.models import Backbone, Classifier, load_backbone
+from fedft.tasks.classify import CLASSIFY
+
+@dataclass
+class Experiment:
+    """A prepared run: the one shared model (method applied), the data split over clients."""
+    config: Config
+    model: nn.Module
+    method: Method
+    params: dict[str, nn.Parameter]
+    train: object
+    test: object
+    classes: list[str]
+    clients: list[np.ndarray]
+    model_source: str
+    proxy: object = None  # fedft.proxy.ProxyRun when clients train a sub-model (proxy.kind = fedpft | fedot)
+    task: object = CLASSIFY
+    export_meta: dict = field(default_factory=dict)  # added to what the export records (proxy: its kind)
+
+    @property
+    def lr(self) -> float:
+        return self.config.fl.lr or self.method.default_lr
+
+    def server_model(self) -> nn.Module:
+        """The model whose trained parameters the server keeps (a proxy run: the full model, plugged in)."""
+        if self.proxy is not None:
+            self.proxy.plug(self.params)
+            return self.proxy.full
+        return self.model
+
+
+def build_model(config: Config, classes: list[str], backbone: Backbone | None = None
+                ) -> tuple[nn.Module, Method, Backbone]:
+    """Backbone (loaded from model.name unless given) + head with the method applied. Seeded, so the same config
+    gives the same initial model."""
+    method = METHODS.get(config.method.name, "method.name")(config.method)
+    backbone = backbone or load_backbone(config.model)
+    classifier = Classifier(backbone.model, len(classes), config.model.pooling, seed=config.fl.seed)
+    if classifier.pooling == "pooler" and not (hasattr(backbone.model, "feature_dim")
+                                               or getattr(backbone.model, "pooler", None) is not None
+                                               or backbone.model_type == "dinov2"):
+        raise UsageError(f"model.pooling = 'pooler': model {config.model.name!r} has no pooler; use mean or cls")
+    if config.method.head_init == "text":
+        if backbone.clip is None or backbone.tokenizer is None:
+            raise UsageError(f"method.head_init = 'text' needs a CLIP model with its tokenizer; "
+                             f"model.name = {config.model.name!r} is a {backbone.model_type!r} model")
+        if classifier.pooling != "pooler":
+            raise UsageError(f"method.head_init = 'text' needs model.pooling = 'auto' or 'pooler' (CLIP's "
+                             f"projected image embedding), not {config.model.pooling!r}")
+        from fedft.models.clip import text_head_weights
+
+        with torch.no_grad():
+            classifier.head.weight.copy_(text_head_weights(backbone.clip, backbone.tokenizer, classes))
+            classifier.head.bias.zero_()
+    torch.manual_seed(config.fl.seed)
+    return method.apply(classifier), method, backbone
+
+
+def to_examples(raw, backbone: Backbone, config: Config):
+    """Raw split -> what the model eats: token ids (text) or resized, normalised pixel batches (images)."""
+    from fedft.data import IMAGE_SETS, TEXT_SETS, LabelledText
+    from fedft.data.images import to_examples as image_examples
+
+    kind = "text" if isinstance(raw, LabelledText) else "image"
+    if kind != backbone.modality:
+        sets = TEXT_SETS if backbone.modality == "text" else IMAGE_SETS
+        article = {"text": "a text", "image": "an image"}
+        raise UsageError(f"data.name = {config.data.name!r} is {article[kind]} data set but model.name = "
+                         f"{config.model.name!r} is {article[backbone.modality]} model; use {' or '.join(sets)}")
+    if kind == "text":
+        prompt = config.method.prompt_length if config.method.name == "prompt" else 0
+        limit = getattr(backbone.model.config, "max_position_embeddings", None)
+        if limit is not None and config.model.max_length + prompt > limit:
+            added = f" + method.prompt_length = {prompt}" if prompt else ""
+            raise UsageError(f"model.max_length = {config.model.max_length}{added}: model {config.model.name!r} "
+                             f"takes at most {limit} positions")
+        return tokenize(raw, backbone.tokenizer, config.model.max_length)
+    size, patch = config.data.image_size, backbone.patch_size
+    if size % patch or size < patch:
+        raise UsageError(f"data.image_size = {size}: model {config.model.name!r} takes a multiple of its patch "
+                         f"size {patch} (e.g. {patch * max(1, round(size / patch))})")
+    return image_examples(raw, size, backbone.image_mean, backbone.image_std, backbone.num_channels)
+
+
+def check_names(config: Config) -> None:
+    """The cheap checks of names that live in registries or on disk (a sweep checks every cell this way first)."""
+    from fedft.data import IMAGE_SETS, TEXT_SETS
+    from fedft.models import BUILTIN
+
+    STRATEGIES.get(config.fl.strategy, "fl.strategy")
+    METHODS.get(config.method.name, "method.name")
+    name = config.data.name
+    if name not in TEXT_SETS + IMAGE_SETS and not name.startswith(("csv:", "imagefolder:")):
+        raise UsageError(f"data.name = {name!r}: unknown data set; choose one of {', '.join(TEXT_SETS + IMAGE_SETS)}")
+    model = config.model.name
+    if model not in BUILTIN and not Path(model).is_dir() and os.environ.get("HF_HUB_OFFLINE") != "0":
+        raise UsageError(f"model.name = {model!r}: not a built-in model ({', '.join(BUILTIN)}) "
+                         f"nor a local Hugging Face model directory")
+
+
+def prepare(config: Config, log: Callable[[str], None] | None = None) -> Experiment:
+    """Load and check everything a run needs. All bad input fails here, before anything is written."""
+    check_names(config)
+    train_raw, test_raw = load_dataset(config.data)
+    clients = partition(train_raw.labels, config.data, config.fl.seed)
+    device = resolve_device(config.fl.device)
+    if config.proxy.kind != "none":
+        return _prepare_proxy(config, train_raw, test_raw, clients, device, log)
+    model, method, backbone = build_model(config, train_raw.classes)
+    train = to_examples(train_raw, backbone, config)
+    test = to_examples(test_raw, backbone, config)
+    freeze_unused(model, test.batch([0, len(test) - 1])[0])
+    model.to(device)
+    return Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
+                      train_raw.classes, clients, backbone.source)
+
+
+def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) -> Experiment:
+    """Clients train a sub-model of the full one: build (or load) it, apply the method to both, map each trained
+    parameter of the sub-model onto the full model (refusing a method where that cannot be done), and only then
+    align the sub-model by distillation."""
+    from fedft.models.arch import layer_list_name
+    from fedft.proxy import ProxyRun, align_layers, make_sub_backbone, param_map
+
+    from fedft.proxy.build import is_proxy_dir
+
+    if is_proxy_dir(config.model.name):
+        raise UsageError(f"model.name = {config.model.name!r} is already a sub-model; with proxy.kind, model.name is "
+                         f"the full model and proxy.path the sub-model folder")
+    backbone = load_backbone(config.model)
+    train = to_examples(train_raw, backbone, config).to(device)  # checks modality and sizes first
+    test = to_examples(test_raw, backbone, config).to(device)
+    backbone.model.to(device)
+    sub, info, data = make_sub_backbone(config.proxy, backbone, config.model.max_length, config.data.image_size)
+    layer_list = layer_list_name(backbone.model)
+    full, method, _ = build_model(config, train_raw.classes, backbone)
+    model, _, _ = build_model(config, train_raw.classes, dataclasses.replace(backbone, model=sub))
+    for m in (full, model):
+        m.to(device)
+        freeze_unused(m, test.batch([0, len(test) - 1])[0])
+    params, full_params = trainable_parameters(model), trainable_parameters(full)
+    mapping = param_map(params, full_params, info, layer_list, config.proxy.kind, config.method.name)
+    align_layers(config.proxy, backbone.model, sub, info, data, config.fl.seed, log)  # the method's modules start
+    proxy = ProxyRun(config.proxy, info, full, full_params, mapping, backbone.model, sub, test, data,  # as identity
+                     config.fl.seed, config.comm.dtype)
+    return Experiment(config, model, method, params, train, test, train_raw.classes, clients, backbone.source, proxy,
+                      export_meta={"proxy": config.proxy.kind})
+
+
+def resolve_device(name: str) -> torch.device:
+    """fl.device -> a device that exists here (auto: the first CUDA GPU when there is one)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not (torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise UsageError(f"fl.device = {name!r}: this machine has {have}; use auto or cpu")
+    return device
+
