@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--alphas", default="0.1,0.5")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--sgd-lrs", default="0.03,0.1,0.3")
+    ap.add_argument("--sgd-lrs", default="0.1,0.3,1.0")
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,11 @@ def calibrate(target_epsilon: float, delta: float, sample_rate: float, rounds: i
     under) target_epsilon."""
     from opacus.accountants.utils import get_noise_multiplier
 
+    need = epsilon(1e3, sample_rate, rounds, delta)
+    if need > target_epsilon:  # fail at once (Opacus' own search takes a minute to give up)
+        raise UsageError(f"dp.target_epsilon = {target_epsilon}: cannot be met in {rounds} {unit} at sampling rate "
+                         f"{sample_rate:.3g} (even noise multiplier 1000 spends epsilon {need:.3g}); raise the "
+                         f"target or lower fl.rounds or fl.clients_per_round")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
