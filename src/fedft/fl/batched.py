@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fedft.fl.client import State, TrainConfig, Update, autocast, lengths_for, shuffled_batches
+from fedft.fl.client import State, TrainConfig, Update, autocast, default_loss, lengths_for, shuffled_batches
 
 Stack = dict[str, torch.Tensor]  # name -> (K, *shape)
 
@@ -111,7 +111,7 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
     def client_loss(p, inputs, labels, weights, anchor):
         with autocast(device, cfg.precision):
             logits = functional_call(model, p, (), inputs, strict=False)
-        ce = (cfg.loss(logits, labels, reduction="none") * weights).sum() / weights.sum()
+        ce = ((cfg.loss or default_loss())(logits, labels, reduction="none") * weights).sum() / weights.sum()
         objective = ce + 0.5 * mu * sum(((p[k] - anchor[k]) ** 2).sum() for k in p) if mu > 0 else ce
         return objective, ce
 

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from fedft.fl.messages import State, Update
-from fedft.tasks.classify import cross_entropy
 
 
 @dataclass
@@ -21,9 +20,16 @@ class TrainConfig:
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2
     group_by_length: bool = False  # batch examples of similar length together
     precision: str = "fp32"  # or "bf16": autocast the forward pass
-    loss: Callable = cross_entropy  # the task's loss(outputs, targets, reduction)
+    loss: Callable | None = None  # the task's loss(outputs, targets, reduction); None: the classify task's
     optimizer: str = "adamw"  # or "sgd" (with momentum)
     momentum: float = 0.0
+
+
+def default_loss() -> Callable:
+    """The loss of the default task (classify), from the task itself: fl/ writes no loss of its own."""
+    from fedft.tasks import TASKS
+
+    return TASKS.get("classify", "task.name")().loss
 
 
 def client_seed(*parts: int) -> int:
@@ -54,10 +60,11 @@ def autocast(device: torch.device, precision: str):
 
 def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batches: list[np.ndarray],
                   opt: torch.optim.Optimizer, prox: tuple[float, State] | None = None, precision: str = "fp32",
-                  loss_fn: Callable = cross_entropy, correction: State | None = None) -> float:
+                  loss_fn: Callable | None = None, correction: State | None = None) -> float:
     """One optimizer step per batch of indices; returns the mean training loss. `correction` (SCAFFOLD's c - c_i)
     is added to every gradient before the step."""
     model.train()
+    loss_fn = loss_fn or default_loss()
     device = next(iter(params.values())).device
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
     for idx in batches:

@@ -173,13 +173,13 @@ class SampleDP:
         return worst
 
 
-def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels: torch.Tensor) -> None:
+def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels: torch.Tensor, loss_fn=None) -> None:
     """One backward pass: every trainable tensor must get per-sample gradients from Opacus, else name it."""
     dp.module.train()
-    from fedft.tasks.classify import cross_entropy
+    from fedft.fl.client import default_loss
 
     try:
-        cross_entropy(dp.module(**inputs), labels).backward()
+        (loss_fn or default_loss())(dp.module(**inputs), labels).backward()
         missing = [f"{n} (used outside its module's forward)" for n, p in params.items()
                    if getattr(p, "grad_sample", None) is None]
     except (TypeError, RuntimeError, NotImplementedError) as e:  # Opacus' fallback cannot call a module
@@ -221,7 +221,7 @@ def sample_level_dp(config: Config, exp) -> SampleDP | None:
         z = calibrate(config.dp.target_epsilon, config.dp.delta, min(1.0, fl.batch_size / smallest),
                       fl.rounds * local_steps(smallest, fl), unit="local steps of the smallest client")
     dp = SampleDP(config.dp, exp.model, z)
-    check_per_sample_gradients(dp, exp.params, *exp.train.batch(np.arange(min(2, len(exp.train)))))
+    check_per_sample_gradients(dp, exp.params, *exp.train.batch(np.arange(min(2, len(exp.train)))), exp.task.loss)
     return dp
 
 

@@ -20,9 +20,8 @@ from torch import nn
 
 from fedft.errors import UsageError
 from fedft.fl import selection
-from fedft.fl.client import client_seed, load_state
+from fedft.fl.client import client_seed, default_loss, load_state
 from fedft.fl.hooks import Hook
-from fedft.tasks.classify import cross_entropy
 from fedft.methods.base import METHODS, Method, freeze_all_but
 from fedft.models.arch import layer_list_name, transformer_layers
 
@@ -132,7 +131,7 @@ class LayerSelector:
 
 def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of: dict[str, int | None],
                      num_layers: int, data, idx: np.ndarray, batch_size: int, kind: str = "gn",
-                     loss_fn=cross_entropy) -> np.ndarray:
+                     loss_fn=None) -> np.ndarray:
     """(L,) importance of each layer on one client's data, from one pass of gradients (no update):
     gn = sum over batches of ||grad of the layer's parameters||^2; rgn = gn / ||parameters||^2;
     snr = sum(mean_b grad)^2 / sum(std_b grad) over the layer's parameters (signal over noise across batches)."""
@@ -145,7 +144,7 @@ def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of
     batches = [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
     for batch in batches:
         inputs, labels = data.batch(batch)
-        loss = loss_fn(model(**inputs), labels)
+        loss = (loss_fn or default_loss())(model(**inputs), labels)
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         for n, g in zip(names, grads):
             if g is None:
@@ -172,7 +171,7 @@ def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of
     return gn
 
 
-def client_importance(model, params, start, layer_of, num_layers, data, idx, batch_size, kind, loss_fn=cross_entropy):
+def client_importance(model, params, start, layer_of, num_layers, data, idx, batch_size, kind, loss_fn=None):
     """A client's importance report, computed with the global state it received."""
     load_state(params, start)
     if len(idx) == 0:
