@@ -35,7 +35,7 @@ def tiny(text_csv):
         base = {
             "model.name": "tiny-bert", "data.name": f"csv:{text_csv}", "data.num_clients": 4,
             "data.partition": "iid", "fl.clients_per_round": 2, "fl.rounds": 2, "fl.batch_size": 16,
-            "fl.eval_every": 1,
+            "fl.eval_every": 1, "fl.precision": "fp32",  # the same arithmetic on every machine
         }
         base.update(extra)
         return [f"{k}={_toml(v)}" for k, v in base.items()]

@@ -39,6 +39,7 @@ name = "lora"
 [fl]
 rounds = 2
 clients_per_round = 2
+precision = "fp32"   # SecAgg+'s quantisation bound below is for fp32 training, on any processor
 """
 
 

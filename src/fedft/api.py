@@ -4,4 +4,4 @@ from fedft.experiment import (Experiment, build_model, check_names, prepare, res
                               to_examples)
 from fedft.fl.privacy import client_dp, sample_level_dp  # noqa: F401
 from fedft.fl.runners import parallel_clients  # noqa: F401
-from fedft.driver import Result, assemble, precision, resumable, resume_config, run  # noqa: F401
+from fedft.driver import Result, assemble, resumable, resume_config, run  # noqa: F401

@@ -179,7 +179,9 @@ class FLConfig:
                        "Flower ClientApp in a Ray actor; needs pip install 'fedft[flower-sim]')", default="engine")
     device: str = doc("where to train: auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda | cuda:N",
                       default="auto")
-    precision: str = doc("auto (bf16 autocast on a GPU, fp32 on a CPU, where bf16 was measured slower) | fp32 | bf16",
+    precision: str = doc("auto (bf16 autocast where the device computes bf16 natively: a GPU, or a CPU with "
+                         "AVX512-BF16 or AMX, by torch's check; fp32 elsewhere, where bf16 is emulated and slower, "
+                         "and for features that need fp32) | fp32 | bf16 (weights and optimizer state stay fp32)",
                          default="auto")
     dropout: float = doc("probability that a sampled client fails to return its update (seeded, per round)",
                          default=0.0)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from torch import nn
 
 from fedft.config import Config
 from fedft.errors import UsageError
@@ -41,20 +40,13 @@ class Result:
     out_dir: Path | None
 
 
-def precision(fl, model: nn.Module) -> str:
-    """fl.precision with auto resolved: bf16 autocast on a GPU; fp32 on a CPU (bf16 was measured slower there)."""
-    if fl.precision != "auto":
-        return fl.precision
-    return "fp32" if next(model.parameters()).device.type == "cpu" else "bf16"
-
-
 def assemble(exp: Experiment, tick: Callable[[], None] = lambda: None, log=None, remote=None,
              resume: dict | None = None) -> Build:
     """The federation of a prepared experiment: FedAvg-shaped defaults, then every run part in order. `remote(exp)`,
     where given, is the runner that trains the clients elsewhere (fedft.deploy: on Flower SuperNodes)."""
     config, fl = exp.config, exp.config.fl
     cfg = TrainConfig(fl.local_epochs, fl.batch_size, exp.lr, fl.weight_decay, 0.0, fl.group_by_length,
-                      precision(fl, exp.model), exp.task.loss, fl.optimizer, fl.momentum)
+                      exp.precision.used, exp.task.loss, fl.optimizer, fl.momentum)
     pool = Pool(exp.model, exp.params, exp.train, exp.clients, cfg, fl.seed, tick)
     strategy = STRATEGIES.get(fl.strategy, "fl.strategy")(fl, len(exp.clients))
     fed = Federation(exp.params, len(exp.clients), fl, strategy, OneByOne(pool),
@@ -178,14 +170,15 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     except BaseException:
         bar.close()
         raise
-    (log or (lambda line: None))(f"fedft: {fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, "
-                                 f"{len(exp.clients)} clients, {fl.rounds} rounds")
+    (log or (lambda line: None))(start_line(config, len(exp.clients), exp.precision))
     out.mkdir(parents=True, exist_ok=True)
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
-        "client_sizes": [len(c) for c in exp.clients], **b.record, "rounds": [], "final": None,
+        "client_sizes": [len(c) for c in exp.clients], "precision": _precision_record(exp.precision, remote),
+        **b.record,
+        "rounds": [], "final": None,
     }
     final = {"trainable_params": sum(p.numel() for p in exp.params.values()),
              "total_params": count_parameters(exp.model), "payload_bytes": payload, **b.final}
@@ -195,6 +188,11 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     if ckpt is not None:
         record["rounds"] = ckpt["rows"]
         (log or (lambda line: None))(f"resuming after round {ckpt['round']} of {fl.rounds}")
+        before = _read_json(out / "results.json").get("precision")
+        if before and before.get("used") != record["precision"]["used"]:  # auto, resumed on another processor
+            record["precision"]["before_resume"] = before
+            (log or (lambda line: None))(f"the first {ckpt['round']} rounds ran in {before['used']}; this machine "
+                                         f"continues in {record['precision']['used']}")
     started, sent = time.perf_counter(), sum(r["bytes_up"] + r["bytes_down"] for r in record["rounds"])
     try:
         for row in MODES[fl.mode](b.fed):
@@ -233,6 +231,19 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     return Result(record["config"], record["rounds"], final, out)
 
 
+def _precision_record(prec, remote) -> dict:
+    if remote is None:
+        return prec.to_dict()
+    return {**prec.to_dict(), "clients": "each node resolves fl.precision on its own machine"}
+
+
+def start_line(config: Config, num_clients: int, prec) -> str:
+    """The line a run prints once its checks have passed (the engine and Flower's simulation alike)."""
+    fl = config.fl
+    return (f"fedft: {fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, {num_clients} "
+            f"clients, {fl.rounds} rounds, {prec.used} ({prec.why})")
+
+
 def round_line(row, fl, sent: int) -> str:
     """The line printed after each round."""
     test = "" if row.accuracy is None else f"  test accuracy {row.accuracy:.4f}  test loss {row.loss:.4f}"
@@ -269,6 +280,13 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, disable=not enabled, unit="client", leave=False, dynamic_ncols=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _finite(record: dict) -> dict:

@@ -16,6 +16,7 @@ from fedft.config import Config
 from fedft.data import load_dataset, tokenize
 from fedft.data.partition import partition
 from fedft.errors import UsageError
+from fedft.fl.precision import Precision, resolve
 from fedft.fl.strategies import STRATEGIES
 from fedft.methods import METHODS, Method, trainable_parameters
 from fedft.methods.base import freeze_unused
@@ -36,6 +37,7 @@ class Experiment:
     model_source: str
     proxy: object = None  # fedft.proxy.ProxyRun when clients train a sub-model (proxy.kind = fedpft | fedot)
     task: object = CLASSIFY
+    precision: Precision = Precision("fp32", "fl.precision = fp32")  # fl.precision resolved on this machine
     export_meta: dict = field(default_factory=dict)  # added to what the export records (proxy: its kind)
 
     @property
@@ -133,7 +135,8 @@ def prepare(config: Config, log: Callable[[str], None] | None = None) -> Experim
     freeze_unused(model, test.batch([0, len(test) - 1])[0])
     model.to(device)
     return Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
-                      train_raw.classes, clients, backbone.source)
+                      train_raw.classes, clients, backbone.source,
+                      precision=resolve(config.fl.precision, device, method.keep_fp32))
 
 
 def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) -> Experiment:
@@ -161,11 +164,13 @@ def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) ->
         freeze_unused(m, test.batch([0, len(test) - 1])[0])
     params, full_params = trainable_parameters(model), trainable_parameters(full)
     mapping = param_map(params, full_params, info, layer_list, config.proxy.kind, config.method.name)
-    align_layers(config.proxy, backbone.model, sub, info, data, config.fl.seed, log)  # the method's modules start
-    proxy = ProxyRun(config.proxy, info, full, full_params, mapping, backbone.model, sub, test, data,  # as identity
+    precision = resolve(config.fl.precision, device, method.keep_fp32)
+    align_layers(config.proxy, backbone.model, sub, info, data, config.fl.seed, log,  # the method's modules start
+                 precision.used)  # as identity
+    proxy = ProxyRun(config.proxy, info, full, full_params, mapping, backbone.model, sub, test, data,
                      config.fl.seed, config.comm.dtype)
     return Experiment(config, model, method, params, train, test, train_raw.classes, clients, backbone.source, proxy,
-                      export_meta={"proxy": config.proxy.kind})
+                      precision=precision, export_meta={"proxy": config.proxy.kind})
 
 
 def resolve_device(name: str) -> torch.device:

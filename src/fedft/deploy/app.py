@@ -154,16 +154,28 @@ class Node:
         from fedft.fl.client import TrainConfig
         from fedft.fl.runners import OneByOne, Pool
         from fedft.fl.strategies import STRATEGIES
-        from fedft.methods import trainable_parameters
-        from fedft.driver import precision
+        from fedft.fl.precision import resolve
+        from fedft.methods import METHODS, trainable_parameters
         from fedft.tasks.classify import CLASSIFY
 
         fl = self.config.fl
+        keep = METHODS.get(self.config.method.name, "method.name").keep_fp32
+        prec = resolve(fl.precision, next(self.model.parameters()).device, keep, _warn_once)  # this node's machine
         cfg = TrainConfig(fl.local_epochs, fl.batch_size, self.lr, fl.weight_decay, 0.0, fl.group_by_length,
-                          precision(fl, self.model), CLASSIFY.loss, fl.optimizer, fl.momentum)
+                          prec.used, CLASSIFY.loss, fl.optimizer, fl.momentum)
         pool = Pool(self.model, trainable_parameters(self.model), self.train, self.clients, cfg, fl.seed)
         ins = STRATEGIES.get(fl.strategy, "fl.strategy")(fl).configure_train(rnd, [self.cid], start)[0]
         return OneByOne(pool).train(rnd, [ins])[0]
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(line: str) -> None:
+    """A node's warning (bf16 emulated on its machine) once per process, not once per round."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, flush=True)
 
 
 _PREPARED: dict[str, Node] = {}  # this process's prepared experiments (Flower's simulation reuses its processes)

@@ -61,15 +61,23 @@ def _reason(log: Path) -> str:
     return f" ({lines[-1].split('UsageError: ', 1)[1]})" if lines else ""
 
 
+def on_nodes(config: Config):
+    """The precision line of a run whose clients train on Flower nodes: each resolves fl.precision itself."""
+    from fedft.fl.precision import Precision
+
+    asked = config.fl.precision
+    return Precision(asked, "resolved on each node's own machine" if asked == "auto" else f"fl.precision = {asked}")
+
+
 def simulate(config: Config, out: Path, log: Callable[[str], None] | None = None, resume: bool = False) -> None:
     """Run the experiment on Flower's simulation runtime; the results land in `out` as with `fedft run`."""
     from fedft.deploy.commands import _bin, app_dir, run_status, write_federation
+    from fedft.driver import start_line
 
     require_ray()
     check_deployable(config)
     say = log or (lambda line: None)
-    say(f"fedft: {config.fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, "
-        f"{config.data.num_clients} clients, {config.fl.rounds} rounds, on Flower's simulation runtime")
+    say(start_line(config, config.data.num_clients, on_nodes(config)) + ", on Flower's simulation runtime")
     out.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="fedft-flower-sim-"))
     env = {**flower_env(), "FLWR_HOME": str(home), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1"}

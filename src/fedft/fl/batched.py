@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
+from torch.overrides import TorchFunctionMode
 
-from fedft.fl.client import State, TrainConfig, Update, autocast, default_loss, lengths_for, shuffled_batches
+from fedft.fl.client import State, TrainConfig, Update, default_loss, lengths_for, shuffled_batches
+from fedft.fl.precision import autocast
 
 Stack = dict[str, torch.Tensor]  # name -> (K, *shape)
 
@@ -90,6 +92,26 @@ def stack_inputs(parts: list[dict[str, torch.Tensor]], labels: list[torch.Tensor
     return out, y, w
 
 
+class _AutocastUnderVmap(TorchFunctionMode):
+    """Two ops whose vmapped backward fails under CPU bf16 autocast (torch 2.13, "expected scalar type ... but
+    found ..."), done here the way the one-by-one path does them, with autocast's casts made by hand:
+    - a layer norm gets a bf16 input with fp32 weights; the one-by-one kernel normalizes in fp32 and rounds its
+      output to bf16. Here the input is upcast and normalized in fp32, and the next autocast op rounds it.
+    - attention with dropout: autocast runs it in bf16 (every floating input cast); the same casts are made by
+      hand and the op runs with autocast off, which vmap differentiates."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is nn.functional.layer_norm and args[0].dtype == torch.bfloat16:
+            args = (args[0].float(), *args[1:])
+        elif func is nn.functional.scaled_dot_product_attention and torch.is_autocast_enabled("cpu"):
+            low = torch.get_autocast_dtype("cpu")
+            cast = lambda x: x.to(low) if isinstance(x, torch.Tensor) and x.is_floating_point() else x  # noqa: E731
+            with torch.autocast("cpu", enabled=False):
+                return func(*map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+        return func(*args, **kwargs)
+
+
 def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: list[State], data,
                   clients: list[np.ndarray], cfg: TrainConfig, seeds: list[int], cids: list[int] | None = None,
                   corrections: list[State] | None = None) -> list[Update]:
@@ -109,7 +131,7 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
     mu = cfg.prox_mu
 
     def client_loss(p, inputs, labels, weights, anchor):
-        with autocast(device, cfg.precision):
+        with autocast(device, cfg.precision), _AutocastUnderVmap():
             logits = functional_call(model, p, (), inputs, strict=False)
         ce = ((cfg.loss or default_loss())(logits, labels, reduction="none") * weights).sum() / weights.sum()
         objective = ce + 0.5 * mu * sum(((p[k] - anchor[k]) ** 2).sum() for k in p) if mu > 0 else ce

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedft.fl.parts import Build, part
+from fedft.fl.precision import autocast
 
 
 def cacheable(model: nn.Module) -> bool:
@@ -29,8 +30,8 @@ class FeatureCache:
     first use (one pass over the data in large batches); any change to the frozen backbone's weights
     (in place or replaced) clears them."""
 
-    def __init__(self, model: nn.Module, data, batch_size: int = 256) -> None:
-        self.model, self.data, self.batch_size = model, data, batch_size
+    def __init__(self, model: nn.Module, data, batch_size: int = 256, precision: str = "fp32") -> None:
+        self.model, self.data, self.batch_size, self.precision = model, data, batch_size, precision
         self.features: torch.Tensor | None = None
         self._key: tuple | None = None
 
@@ -67,10 +68,12 @@ class FeatureCache:
             order = np.argsort(self.data.lengths(), kind="stable") if hasattr(self.data, "lengths") \
                 else np.arange(len(self.data))
             out = None
+            device = next(self.model.parameters()).device
             try:
                 for i in range(0, len(order), self.batch_size):
                     chunk = order[i: i + self.batch_size]
-                    feats = self.model.features(**self.data.batch(chunk)[0]).float()
+                    with autocast(device, self.precision):  # the backbone in the run's precision, kept as fp32
+                        feats = self.model.features(**self.data.batch(chunk)[0]).float()
                     out = out if out is not None else feats.new_empty(len(self.data), feats.shape[1])
                     out[torch.from_numpy(chunk)] = feats
             finally:
@@ -90,5 +93,6 @@ def feature_cache(b: Build) -> None:
         b.log(f"feature cache off: {need / 2 ** 20:.0f} MiB > fl.cache_mb = {fl.cache_mb}")
         b.record["feature_cache"] = {"enabled": False, "bytes": need}
         return
-    b.pool.data, b.test = FeatureCache(model, b.pool.data), FeatureCache(model, b.test)
+    prec = b.pool.cfg.precision
+    b.pool.data, b.test = FeatureCache(model, b.pool.data, precision=prec), FeatureCache(model, b.test, precision=prec)
     b.record["feature_cache"] = {"enabled": True, "bytes": need}

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from fedft.fl.messages import State, Update
+from fedft.fl.precision import autocast
 
 
 @dataclass
@@ -19,7 +20,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     prox_mu: float = 0.0  # FedProx: mu/2 * ||w - w_start||^2
     group_by_length: bool = False  # batch examples of similar length together
-    precision: str = "fp32"  # or "bf16": autocast the forward pass
+    precision: str = "fp32"  # or "bf16": autocast the forward pass (fl/precision.py)
     loss: Callable | None = None  # the task's loss(outputs, targets, reduction); None: the classify task's
     optimizer: str = "adamw"  # or "sgd" (with momentum)
     momentum: float = 0.0
@@ -51,11 +52,6 @@ def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.o
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(list(params.values()), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(list(params.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast of the forward pass where asked; a no-op for fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batches: list[np.ndarray],

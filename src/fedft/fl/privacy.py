@@ -245,5 +245,15 @@ def sample_level(b: Build) -> None:
     if dp is not None:
         b.fed.runner = SampleDPRunner(b.pool, dp)
         b.record["dp"] = dp.describe()
-        if b.exp.config.fl.precision == "auto":
-            b.pool.cfg.precision = "fp32"
+
+
+@part(1)
+def sample_level_precision(b: Build) -> None:
+    """dp.mode = sample keeps fp32 under fl.precision = auto (an explicit bf16 is refused by the config check),
+    decided before the parts that compute (the feature cache, FedPFT's statistics) take the run's precision."""
+    from fedft.fl.precision import keep_fp32
+
+    if b.exp.config.dp.mode == "sample":
+        b.exp.precision = keep_fp32(b.exp.precision, b.exp.config.fl.precision,
+                                    "dp.mode = sample (Opacus' per-sample gradients need fp32)")
+        b.pool.cfg.precision = b.exp.precision.used

@@ -32,6 +32,7 @@ class Method:
         """Round hooks this method needs (fedft.fl.hooks.Hook; method layers: which layers each client trains)."""
         return []
 
+    keep_fp32: ClassVar[str] = ""  # why fl.precision = auto keeps this method in fp32 (measured to cost accuracy)
     plain: ClassVar[bool] = True  # its trained tensors are plain backbone tensors (not adapters or prompts)
 
     def export(self, model: nn.Module, out_dir: Path, meta: dict) -> list[str]:

@@ -22,6 +22,7 @@ from fedft.errors import UsageError
 from fedft.fl import selection
 from fedft.fl.client import client_seed, default_loss, load_state
 from fedft.fl.hooks import Hook
+from fedft.fl.precision import autocast
 from fedft.methods.base import METHODS, Method, freeze_all_but
 from fedft.models.arch import layer_list_name, transformer_layers
 
@@ -131,10 +132,11 @@ class LayerSelector:
 
 def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of: dict[str, int | None],
                      num_layers: int, data, idx: np.ndarray, batch_size: int, kind: str = "gn",
-                     loss_fn=None) -> np.ndarray:
+                     loss_fn=None, precision: str = "fp32") -> np.ndarray:
     """(L,) importance of each layer on one client's data, from one pass of gradients (no update):
     gn = sum over batches of ||grad of the layer's parameters||^2; rgn = gn / ||parameters||^2;
-    snr = sum(mean_b grad)^2 / sum(std_b grad) over the layer's parameters (signal over noise across batches)."""
+    snr = sum(mean_b grad)^2 / sum(std_b grad) over the layer's parameters (signal over noise across batches).
+    The forward pass computes in `precision`, as training does."""
     names = [n for n, layer in layer_of.items() if layer is not None]
     was = model.training
     model.eval()  # no dropout: the same state gives the same scores
@@ -144,7 +146,9 @@ def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of
     batches = [idx[i: i + batch_size] for i in range(0, len(idx), batch_size)]
     for batch in batches:
         inputs, labels = data.batch(batch)
-        loss = (loss_fn or default_loss())(model(**inputs), labels)
+        with autocast(labels.device, precision):
+            outputs = model(**inputs)
+        loss = (loss_fn or default_loss())(outputs, labels)
         grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
         for n, g in zip(names, grads):
             if g is None:
@@ -171,12 +175,13 @@ def layer_importance(model: nn.Module, params: dict[str, nn.Parameter], layer_of
     return gn
 
 
-def client_importance(model, params, start, layer_of, num_layers, data, idx, batch_size, kind, loss_fn=None):
+def client_importance(model, params, start, layer_of, num_layers, data, idx, batch_size, kind, loss_fn=None,
+                      precision="fp32"):
     """A client's importance report, computed with the global state it received."""
     load_state(params, start)
     if len(idx) == 0:
         return np.zeros(num_layers)
-    return layer_importance(model, params, layer_of, num_layers, data, idx, batch_size, kind, loss_fn)
+    return layer_importance(model, params, layer_of, num_layers, data, idx, batch_size, kind, loss_fn, precision)
 
 
 class LayerHook(Hook):
@@ -192,7 +197,7 @@ class LayerHook(Hook):
         cids = [i.cid for i in instructions]
         trained, sent = sel.choose(rnd, cids, lambda cid: client_importance(
             p.model, p.params, start[cid], sel.layer_of, sel.num_layers, p.data, p.clients[cid], p.cfg.batch_size,
-            sel.cfg.importance, p.cfg.loss))
+            sel.cfg.importance, p.cfg.loss, p.cfg.precision))
         log.bytes_up += sent
         log.fields["selection"] = sel.selection(cids)
         return [dataclasses.replace(i, train=trained[i.cid]) for i in instructions]

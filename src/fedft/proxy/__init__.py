@@ -83,7 +83,8 @@ def make_sub_backbone(cfg, backbone, max_length: int = 48, image_size: int = 56)
     return sub, info, data
 
 
-def align_layers(cfg, teacher: nn.Module, sub: nn.Module, info: ProxyInfo, data, seed: int, log=None) -> None:
+def align_layers(cfg, teacher: nn.Module, sub: nn.Module, info: ProxyInfo, data, seed: int, log=None,
+                 precision: str = "fp32") -> None:
     """fedpft, before FL: layer-level distillation of the sub-FM's compressed FFNs (unless loaded from proxy.path,
     which was aligned when it was built); the losses go into info.distill."""
     if cfg.kind != "fedpft" or cfg.path or not cfg.distill_steps:
@@ -93,8 +94,10 @@ def align_layers(cfg, teacher: nn.Module, sub: nn.Module, info: ProxyInfo, data,
     say = log or (lambda line: None)
     say(f"proxy: layer-level distillation, {cfg.distill_steps} steps on {cfg.distill_data}")
     t0 = time.perf_counter()
-    info.distill = distill(teacher, sub, info, data, cfg.distill_steps, cfg.distill_lr, cfg.distill_batch, seed)
+    info.distill = distill(teacher, sub, info, data, cfg.distill_steps, cfg.distill_lr, cfg.distill_batch, seed,
+                           precision=precision)
     info.distill["seconds"] = round(time.perf_counter() - t0, 1)
+    info.distill["precision"] = precision
     say(f"proxy: alignment loss {info.distill['loss_before']:.4g} -> {info.distill['loss_after']:.4g}")
 
 
@@ -180,6 +183,7 @@ class ProxyRun:
     data: object = None  # the server's alignment data
     seed: int = 0
     dtype: str = "float32"  # comm.dtype: how weights travel
+    precision: str = "fp32"  # the clients' precision (set by the proxy_run part): statistics and re-distillation
     version: int = 0  # bumped by each neuron-level alignment
     client_version: dict[int, int] = field(default_factory=dict)
     alignments: list[dict] = field(default_factory=list)
@@ -209,11 +213,15 @@ class ProxyRun:
 
     def client_stats(self, model: nn.Module, data, idx: np.ndarray, batch_size: int) -> ActivationStats:
         """What one client measures on its own data with its current model: per-neuron activity of the sub-FFNs."""
+        from fedft.fl.precision import autocast
+
         stats = ActivationStats(self.student, self.info)
         was = model.training
         model.eval()
-        stats.collect(lambda inputs: model(**inputs),
-                      (data.batch(idx[i: i + batch_size]) for i in range(0, len(idx), batch_size)))
+        device = next(model.parameters()).device
+        with autocast(device, self.precision):
+            stats.collect(lambda inputs: model(**inputs),
+                          (data.batch(idx[i: i + batch_size]) for i in range(0, len(idx), batch_size)))
         model.train(was)
         return stats
 
@@ -248,7 +256,7 @@ class ProxyRun:
         frozen = most_active(stats.activity(self.cfg.align_stat), self.cfg.align_keep)
         masks = neuron_masks(self.student, self.info, frozen)
         result = distill(self.teacher, self.student, self.info, self.data, self.cfg.align_steps, self.cfg.distill_lr,
-                         self.cfg.distill_batch, seed=self.seed + rnd, masks=masks)
+                         self.cfg.distill_batch, seed=self.seed + rnd, masks=masks, precision=self.precision)
         self.version += 1
         result.update(round=rnd, stat=self.cfg.align_stat, frozen=int(sum(int(m.sum()) for m in frozen.values())))
         self.alignments.append(result)

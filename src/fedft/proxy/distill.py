@@ -10,15 +10,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedft.fl.precision import autocast
 from fedft.models.arch import transformer_layers
 from fedft.proxy.build import ProxyInfo, ffn_pair
 
 
-def hidden_states(backbone: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    """Every layer's output (index i+1 is layer i's), with the input embeddings at index 0."""
+def hidden_states(backbone: nn.Module, inputs: dict[str, torch.Tensor], precision: str = "fp32"
+                  ) -> tuple[torch.Tensor, ...]:
+    """Every layer's output (index i+1 is layer i's), with the input embeddings at index 0; the forward pass
+    computes in `precision` (fl/precision.py)."""
     extra = {"interpolate_pos_encoding": True} if backbone.config.model_type == "vit" and "pixel_values" in inputs \
         else {}
-    return backbone(**inputs, output_hidden_states=True, **extra).hidden_states
+    with autocast(next(backbone.parameters()).device, precision):
+        return backbone(**inputs, output_hidden_states=True, **extra).hidden_states
 
 
 def alignment_loss(teacher: tuple[torch.Tensor, ...], student: tuple[torch.Tensor, ...],
@@ -61,18 +65,19 @@ def neuron_masks(student: nn.Module, info: ProxyInfo, frozen: dict[int, torch.Te
 
 
 def distill(teacher: nn.Module, student: nn.Module, info: ProxyInfo, data, steps: int, lr: float, batch_size: int,
-            seed: int, masks: dict[nn.Parameter, torch.Tensor] | None = None, held_out: int = 256) -> dict:
+            seed: int, masks: dict[nn.Parameter, torch.Tensor] | None = None, held_out: int = 256,
+            precision: str = "fp32") -> dict:
     """Train the student's compressed FFNs to match the teacher's layer outputs on `data` (examples with
     .batch(idx)); the first `held_out` examples only measure the loss before and after. Returns
     {"steps", "loss_before", "loss_after"}; every other parameter of the student keeps its value and its
-    requires_grad."""
+    requires_grad. The forward passes compute in `precision`; the loss, the weights and AdamW's state in fp32."""
     pairs = [(i, info.layer_map[i]) for i in sorted(info.neurons)]
     params = ffn_parameters(student, info)
     held = np.arange(min(held_out, len(data) // 4))
     if hasattr(data, "lengths"):
         held = held[np.argsort(data.lengths()[held], kind="stable")]  # batches of similar length
     pool = np.arange(len(held), len(data))
-    before = _held_out_loss(teacher, student, data, held, pairs)
+    before = _held_out_loss(teacher, student, data, held, pairs, precision=precision)
     if steps == 0 or not pairs:
         return {"steps": 0, "loss_before": before, "loss_after": before}
     flags = {p: p.requires_grad for p in student.parameters()}
@@ -88,8 +93,8 @@ def distill(teacher: nn.Module, student: nn.Module, info: ProxyInfo, data, steps
         for batch in _batches(data, pool, batch_size, steps, rng):
             inputs, _ = data.batch(batch)
             with torch.no_grad():
-                t = hidden_states(teacher, inputs)
-            loss = alignment_loss(t, hidden_states(student, inputs), pairs, inputs.get("attention_mask"))
+                t = hidden_states(teacher, inputs, precision)
+            loss = alignment_loss(t, hidden_states(student, inputs, precision), pairs, inputs.get("attention_mask"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for p, m in (masks or {}).items():
@@ -101,11 +106,13 @@ def distill(teacher: nn.Module, student: nn.Module, info: ProxyInfo, data, steps
             p.requires_grad_(flag)
             p.grad = None
         student.train(was_training), teacher.train(teacher_training)
-    return {"steps": steps, "loss_before": before, "loss_after": _held_out_loss(teacher, student, data, held, pairs)}
+    return {"steps": steps, "loss_before": before,
+            "loss_after": _held_out_loss(teacher, student, data, held, pairs, precision=precision)}
 
 
 @torch.no_grad()
-def _held_out_loss(teacher, student, data, held: np.ndarray, pairs, batch_size: int = 64) -> float:
+def _held_out_loss(teacher, student, data, held: np.ndarray, pairs, batch_size: int = 64,
+                   precision: str = "fp32") -> float:
     if not pairs or not len(held):
         return 0.0
     teacher_mode, student_mode = teacher.training, student.training
@@ -113,8 +120,8 @@ def _held_out_loss(teacher, student, data, held: np.ndarray, pairs, batch_size: 
     total, count = 0.0, 0
     for i in range(0, len(held), batch_size):
         inputs, _ = data.batch(held[i: i + batch_size])
-        loss = alignment_loss(hidden_states(teacher, inputs), hidden_states(student, inputs), pairs,
-                              inputs.get("attention_mask"))
+        loss = alignment_loss(hidden_states(teacher, inputs, precision), hidden_states(student, inputs, precision),
+                              pairs, inputs.get("attention_mask"))
         n = len(held[i: i + batch_size])
         total, count = total + float(loss) * n, count + n
     teacher.train(teacher_mode), student.train(student_mode)

@@ -70,6 +70,7 @@ def proxy_run(b) -> None:
 
     if b.exp.proxy is None:
         return
+    b.exp.proxy.precision = b.pool.cfg.precision
     hook = ProxyHook(b.exp.proxy, b.pool)
     b.fed.hooks.append(hook)
     b.fed.evaluate = lambda: hook.evaluate(b.exp.task, b.pool.cfg.precision)

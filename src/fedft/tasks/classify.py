@@ -24,7 +24,7 @@ class Classify(Task):
     def evaluate(self, model, data, batch_size=256, precision="fp32"):
         """Accuracy and mean cross-entropy on `data`. Examples are batched by length to keep padding small; the
         sums stay on the model's device until the end."""
-        from fedft.fl.client import autocast
+        from fedft.fl.precision import autocast
 
         model.eval()
         device = next(model.parameters()).device

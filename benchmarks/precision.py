@@ -1,0 +1,118 @@
+"""Every method at fp32 and at bf16 autocast, on the default text task (minilm, wordnet-nouns, 50 clients, 10 per
+round, 10 rounds, Dirichlet 0.5), seeds 0, 1, 2: does bf16 cost accuracy, and how much time does it save?
+
+    .venv/bin/python benchmarks/precision.py [--methods lora,head,...] [--seeds 0,1,2] [--set section.key=value ...]
+
+For each method and seed the fp32 run and the bf16 run go back to back, so their seconds are measured on the same
+machine in the same session; each cell records the CPU it ran on, and a time ratio is only formed from a pair run on
+one CPU model. Run it alone on the machine: the seconds are wall-clock.
+
+Every finished run keeps only its results.json (plus the study's own "study" entry: whole-call seconds and the CPU),
+in benchmarks/studies/precision/<cell>/, committed, so the study resumes where it stopped, on any machine; table.md
+and table.csv are rewritten after every run. A finding (bf16 costs accuracy) needs the fp32 - bf16 gap to exceed
+twice its standard error over the seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tables import write_tables  # noqa: E402
+
+OUT = Path(__file__).parent / "studies" / "precision"
+METHODS = {  # name -> config overrides; cheap and default first
+    "lora": ["method.name='lora'"],
+    "head": ["method.name='head'"],
+    "bias": ["method.name='bias'"],
+    "prompt": ["method.name='prompt'"],
+    "prompt-deep": ["method.name='prompt'", "method.deep=true"],
+    "adapter": ["method.name='adapter'"],
+    "dora": ["method.name='dora'"],
+    "layers": ["method.name='layers'", "method.select='gradient'"],
+    "fedpft": ["method.name='lora'", "proxy.kind='fedpft'"],
+    "scaffold": ["method.name='lora'", "fl.strategy='scaffold'", "fl.optimizer='sgd'", "fl.lr=0.3"],
+    "full": ["method.name='full'"],
+}
+
+
+def machine() -> dict:
+    from fedft.fl.precision import native_bf16
+    import torch
+
+    name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() else "CPU"
+    return {"cpu": name, "native_bf16": native_bf16(torch.device("cpu")), "threads": torch.get_num_threads()}
+
+
+def cell(name: str, sets: list[str]) -> dict:
+    """The finished results.json of cell `name` (run now if missing); the rest of the run folder is dropped."""
+    import fedft
+    from fedft.config import load_config
+
+    folder = OUT / name
+    done = folder / "results.json"
+    if done.exists() and json.loads(done.read_text()).get("status") == "completed":
+        return json.loads(done.read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp = OUT / f".{name}.running"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    t0 = time.perf_counter()
+    result = fedft.run(load_config(None, [s.replace("'", '"') for s in sets]), tmp, log=print)
+    wall = time.perf_counter() - t0
+    record = json.loads((tmp / "results.json").read_text())
+    record["study"] = {"wall_seconds": round(wall, 1), **machine()}
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(record, indent=1))
+    shutil.rmtree(tmp)
+    print(f"{name}: accuracy {result.final['accuracy']:.4f}, {wall:.0f} s", flush=True)
+    return record
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{100 * np.mean(xs):.1f} ± {100 * np.std(xs, ddof=1) if len(xs) > 1 else 0:.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    common = ["data.partition='dirichlet'", "data.alpha=0.5", *args.set]
+    rows = []
+    for method in args.methods.split(","):
+        runs = {"fp32": [], "bf16": []}
+        for seed in map(int, args.seeds.split(",")):
+            for prec in ("fp32", "bf16"):
+                runs[prec].append(cell(f"{method}-{prec}-s{seed}", [*common, *METHODS[method], f"fl.seed={seed}",
+                                                                   f"fl.precision='{prec}'"]))
+        acc = {p: [r["final"]["accuracy"] for r in rs] for p, rs in runs.items()}
+        gap = np.array(acc["fp32"]) - np.array(acc["bf16"])  # paired by seed
+        se = np.std(gap, ddof=1) / np.sqrt(len(gap)) if len(gap) > 1 else float("nan")
+        same_cpu = [(a, b) for a, b in zip(runs["fp32"], runs["bf16"]) if a["study"]["cpu"] == b["study"]["cpu"]]
+        ratio = [b["study"]["wall_seconds"] / a["study"]["wall_seconds"] for a, b in same_cpu]
+        rows.append({
+            "method": method, "seeds": len(gap),
+            "fp32_accuracy": mean_std(acc["fp32"]), "bf16_accuracy": mean_std(acc["bf16"]),
+            "gap_points": f"{100 * gap.mean():+.2f} ± {100 * se:.2f} (SE)",
+            "bf16_costs_accuracy": bool(gap.mean() > 2 * se) if len(gap) > 1 else "n/a",
+            "fp32_seconds": round(float(np.mean([r["study"]["wall_seconds"] for r in runs["fp32"]]))),
+            "bf16_seconds": round(float(np.mean([r["study"]["wall_seconds"] for r in runs["bf16"]]))),
+            "bf16/fp32_time": f"{np.mean(ratio):.2f}" if ratio else "n/a",
+            "cpu": "; ".join(sorted({r["study"]["cpu"] for rs in runs.values() for r in rs})),
+        })
+        write_tables(OUT, rows)
+
+
+if __name__ == "__main__":
+    main()
