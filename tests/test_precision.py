@@ -13,6 +13,7 @@ from fedft.cli import main
 from fedft.config import load_config
 from fedft.fl.batched import train_batched
 from fedft.fl.client import TrainConfig, client_seed, local_train, read_state
+from fedft.fl import precision
 from fedft.fl.precision import resolve
 from fedft.methods import METHODS, trainable_parameters
 from test_batched import no_dropout
@@ -20,10 +21,12 @@ from test_methods import MODELS, OWN
 from test_resume import _cut_after_two, same
 
 
-def cpu_bf16(monkeypatch, native: bool) -> None:
-    """What torch's capability check says about this CPU's bf16 (AVX512-BF16, AMX)."""
+def cpu_bf16(monkeypatch, native: bool, speedup: float = 1.8) -> None:
+    """What torch's capability check says about this CPU's bf16 (AVX512-BF16, AMX), and how much faster its bf16
+    matrix products were measured to be."""
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(precision, "bf16_speedup", lambda: speedup)
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -35,16 +38,32 @@ def test_auto_follows_the_cpus_bf16_check_and_the_record_and_start_line_say_so(t
     rec = json.loads((tmp_path / "run" / "results.json").read_text())["precision"]
     want = "bf16" if native else "fp32"
     assert rec["used"] == want
-    assert rec["why"] == ("auto: CPU with native bf16 (avx512_bf16)" if native else
-                          "auto: CPU without native bf16 (it would be emulated, slower)")
+    assert rec["why"] == ("auto: CPU with native bf16 (avx512_bf16), 1.80x fp32's speed (measured here)" if native
+                          else "auto: CPU without native bf16 (it would be emulated, slower)")
     start = [ln for ln in lines if ln.startswith("fedft: ")]
     assert len(start) == 1 and start[0].endswith(f"{want} ({rec['why']})"), lines
 
 
+def test_native_bf16_that_is_measured_slower_keeps_fp32(monkeypatch, tmp_path):
+    """Native support does not promise speed (an Intel Xeon here computes bf16 matrix products slower than fp32):
+    auto picks bf16 only where it is also measured faster, and the measurement is kept per machine."""
+    cpu_bf16(monkeypatch, True, speedup=0.71)
+    p = resolve("auto", torch.device("cpu"))
+    assert p.used == "fp32" and "0.71x fp32's speed" in p.why and "avx512_bf16" in p.why
+    monkeypatch.undo()
+    monkeypatch.setenv("FEDFT_CACHE", str(tmp_path))
+    speed = precision.bf16_speedup()
+    assert speed > 0 and json.loads((tmp_path / "precision.json").read_text()) == {
+        f"{precision._cpu_name()}|{torch.__version__}|{torch.get_num_threads()} threads": speed}
+    monkeypatch.setattr(torch, "randn", None)  # a second call measures nothing: it reads the kept figure
+    assert precision.bf16_speedup() == speed
+
+
 def test_amx_counts_as_native_and_a_gpu_without_bf16_keeps_fp32(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    cpu_bf16(monkeypatch, False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-    assert resolve("auto", torch.device("cpu")).why == "auto: CPU with native bf16 (amx)"
+    assert resolve("auto", torch.device("cpu")).why == "auto: CPU with native bf16 (amx), 1.80x fp32's speed " \
+                                                       "(measured here)"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert resolve("auto", torch.device("cuda")).used == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
