@@ -251,35 +251,17 @@ def engine_on_one_thread(config: Path, out: Path) -> None:
         torch.set_num_threads(threads)
 
 
-def test_flower_sim_backend_equals_the_engine(tmp_path, flower_env):
-    """fl.backend = "flower-sim" runs fedft's ServerApp and ClientApps on Flower's simulation runtime (Ray). Each Ray
-    actor has one core (deploy.sim_client_cpus = 1), so against the engine on one thread the result is the same to
-    the bit; the SuperLink and the simulation processes are gone afterwards."""
-    pytest.importorskip("ray")
-    import psutil
-
-    config = tmp_path / "exp.toml"
-    config.write_text(EXPERIMENT.replace("num_clients = 2", "num_clients = 4"))
-    engine_on_one_thread(config, tmp_path / "engine")
-    sim = tmp_path / "sim"
-    assert main(["run", str(config), "--out", str(sim), "--quiet", "--set", 'fl.backend="flower-sim"']) == 0
-    want, got = adapter(tmp_path / "engine"), adapter(sim)
-    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
-    rows = [json.loads((f / "results.json").read_text())["rounds"] for f in (tmp_path / "engine", sim)]
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
-    assert strip(rows[0]) == strip(rows[1]) and len(rows[1]) == 2
-    assert "Starting Flower Simulation" in (sim / "flower.log").read_text()
-    assert not psutil.Process().children(recursive=True)
-
-
 def test_flower_sim_ctrl_c_stops_everything_and_resumes(tmp_path, flower_env):
-    """Ctrl-C during a flower-sim run stops the SuperLink, the simulation and Ray's processes (they live in their
-    own process groups and sessions), and `fedft run --resume` finishes it: bit-identical to the engine."""
+    """fl.backend = "flower-sim" runs fedft's ServerApp and ClientApps on Flower's simulation runtime (Ray). Ctrl-C
+    during the run stops the SuperLink, the simulation and Ray's processes (they live in their own process groups
+    and sessions), and `fedft run --resume` finishes it. Each Ray actor has one core (deploy.sim_client_cpus = 1), so
+    against the engine on one thread the result is the same to the bit, every round's record included."""
     pytest.importorskip("ray")
     import psutil
 
     config = tmp_path / "exp.toml"  # rounds of a few seconds each, so the stop lands mid-run
-    config.write_text(EXPERIMENT.replace("rounds = 2", "rounds = 3\nlocal_epochs = 15"))
+    config.write_text(EXPERIMENT.replace("rounds = 2", "rounds = 3\nlocal_epochs = 15").replace("num_clients = 2",
+                                                                                               "num_clients = 4"))
     engine_on_one_thread(config, tmp_path / "engine")
 
     def ctrl_c_after_round_1(line):
@@ -294,7 +276,11 @@ def test_flower_sim_ctrl_c_stops_everything_and_resumes(tmp_path, flower_env):
     assert json.loads((sim / "results.json").read_text())["status"] != "completed"
     assert main(["run", "--quiet", "--resume", str(sim)]) == 0
     want, got = adapter(tmp_path / "engine"), adapter(sim)
-    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
+    rows = [json.loads((f / "results.json").read_text())["rounds"] for f in (tmp_path / "engine", sim)]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows[0]) == strip(rows[1]) and len(rows[1]) == 3
+    assert "Starting Flower Simulation" in (sim / "flower.log").read_text()
     assert not psutil.Process().children(recursive=True)
 
 
