@@ -28,6 +28,18 @@ def text_csv(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def server_text(tmp_path_factory):
+    """The server's own unlabelled texts for FedPFT's alignment (proxy.distill_data = file:...): 200 lines in the
+    clients' vocabulary, none of them a line of text_csv."""
+    rng = np.random.default_rng(1)
+    words = [w for ws in WORDS.values() for w in ws]
+    path = tmp_path_factory.mktemp("server") / "server.txt"
+    path.write_text("\n".join(f"a note on the {' and the '.join(rng.choice(words, size=2))} number {i}"
+                               for i in range(200)) + "\n")
+    return path
+
+
 @pytest.fixture
 def tiny(text_csv):
     """Overrides for a fast run: tiny BERT, the CSV data, 4 clients, 2 per round, 2 rounds."""

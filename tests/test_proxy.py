@@ -17,12 +17,12 @@ from fedft.proxy.distill import distill, most_active, neuron_masks
 
 
 @pytest.fixture
-def proxied(tiny, text_csv):
+def proxied(tiny, server_text):
     """A config for a tiny BERT whose layer 1 FFN is cut to 8 of 64 neurons; the server's unlabelled alignment
-    texts are the CSV's lines."""
+    texts are its own (server_text)."""
     def make(**extra):
         base = {"proxy.kind": "fedpft", "proxy.keep_layers": [0], "proxy.ffn_neurons": 8, "proxy.distill_steps": 0,
-                "proxy.distill_data": f"file:{text_csv}"}
+                "proxy.distill_data": f"file:{server_text}"}
         base.update(extra)
         return load_config(None, tiny(**base))
     return make
@@ -275,3 +275,58 @@ def test_proxy_build_writes_a_folder_a_run_can_use(tmp_path, proxied, text_csv):
 def test_contradictory_proxy_settings_are_refused(proxied, setting, message):
     with pytest.raises(UsageError, match=message):
         proxied(**setting)
+
+
+def _image_bytes(split) -> set[bytes]:
+    return {img.numpy().tobytes() for img in split.images}
+
+
+@pytest.mark.parametrize("data, source, test_in_source", [
+    ("fashion-mnist", "fashion-mnist", False),  # the test images come from Fashion-MNIST's own test file
+    ("digits", "digits", True), ("digits", "auto", True)])
+def test_the_servers_images_are_none_of_the_clients_or_test_images(data, source, test_in_source):
+    """By example identity (pixels): a source that is the run's own data set gives the server only the images the
+    run does not use (before, fashion-mnist's seeded split handed it the clients' first images)."""
+    from fedft.config import DataConfig
+    from fedft.data import load_dataset
+    from fedft.proxy.server_data import server_pool
+
+    train, test = load_dataset(DataConfig(name=data, train_per_class=50, test_per_class=20))
+    pool = server_pool(source, "image", held=(train, test), limit=5000)
+    got = [img.numpy().tobytes() for img in pool.raw.images]
+    assert len(got) >= 8 and not set(got) & (_image_bytes(train) | _image_bytes(test))
+    in_source = len(train.images) + (len(test.images) if test_in_source else 0)
+    assert in_source - 10 <= pool.left_out  # every run image of the source left out (and its few exact repeats)
+    assert pool.describe()["data"] == data and pool.describe()["examples"] == len(got)
+
+
+def test_the_servers_texts_are_none_of_the_clients_or_test_texts(tmp_path, text_csv, tiny):
+    """A distillation file that shares lines with the clients' CSV: the shared lines are left out, by identity, and
+    results.json records the server's data and how many of its examples were left out."""
+    from fedft.data import load_dataset
+    from fedft.proxy.server_data import server_pool
+
+    config = load_config(None, tiny())
+    train, test = load_dataset(config.data)
+    mixed = tmp_path / "server.txt"
+    own = sorted(set(train.texts))[:30]
+    mixed.write_text("\n".join(own + [f"a line of the server's own number {i}" for i in range(40)]) + "\n")
+    pool = server_pool(f"file:{mixed}", "text", held=(train, test))
+    assert not set(pool.raw.texts) & (set(train.texts) | set(test.texts))
+    assert pool.left_out == 30 and len(pool.raw.texts) == 40
+
+    res = run(load_config(None, tiny(**{"proxy.kind": "fedpft", "proxy.keep_layers": [0], "proxy.ffn_neurons": 8,
+                                        "proxy.distill_steps": 2, "proxy.distill_data": f"file:{mixed}",
+                                        "fl.rounds": 1})), tmp_path / "run")
+    record = json.loads((res.out_dir / "results.json").read_text())["proxy"]["server_data"]
+    assert record == {"data": f"file:{mixed}", "examples": 40, "left_out_as_run_data": 30}
+
+
+def test_a_source_with_nothing_left_once_the_runs_data_is_out_is_refused(tiny, tmp_path):
+    from fedft.data import load_dataset
+
+    train, test = load_dataset(load_config(None, tiny()).data)
+    (tmp_path / "same.txt").write_text("\n".join(train.texts + test.texts) + "\n")  # the clients' own texts
+    with pytest.raises(UsageError, match="left once those identical to the run's own"):
+        prepare(load_config(None, tiny(**{"proxy.kind": "fedpft", "proxy.keep_layers": [0], "proxy.ffn_neurons": 8,
+                                          "proxy.distill_data": f"file:{tmp_path / 'same.txt'}"})))

@@ -67,13 +67,13 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny):
      "proxy.distill_steps": 3, "proxy.align_every": 2, "proxy.align_steps": 3},
     {"method.name": "bias", "fl.strategy": "scaffold", "fl.optimizer": "sgd", "fl.lr": 0.05, "fl.momentum": 0.5},
 ], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft", "scaffold-sgd"])
-def test_resume_after_ctrl_c(tmp_path, tiny, text_csv, extra):
+def test_resume_after_ctrl_c(tmp_path, tiny, server_text, extra):
     """Client DP's noise generator and adaptive clip with FedAvgM's momentum, the layer masks (re-chosen every 3
     rounds, so round 3 reuses round 1's), the per-client DP accountants, and FedPFT's sub-model FFNs re-aligned in
     round 2 come back from the checkpoint: the resumed run is bit-identical, epsilon and the full model's accuracy
     included."""
     if "proxy.kind" in extra:
-        extra = {**extra, "proxy.distill_data": f"file:{text_csv}"}
+        extra = {**extra, "proxy.distill_data": f"file:{server_text}"}
     sets = tiny(**{"fl.rounds": 4, "fl.clients_per_round": 3, **extra})
     fedft.run(load_config(None, sets), tmp_path / "whole")
 

@@ -155,7 +155,8 @@ def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) ->
     train = to_examples(train_raw, backbone, config).to(device)  # checks modality and sizes first
     test = to_examples(test_raw, backbone, config).to(device)
     backbone.model.to(device)
-    sub, info, data = make_sub_backbone(config.proxy, backbone, config.model.max_length, config.data.image_size)
+    sub, info, data = make_sub_backbone(config.proxy, backbone, config.model.max_length, config.data.image_size,
+                                        held=(train_raw, test_raw))  # the server never distils on them
     layer_list = layer_list_name(backbone.model)
     full, method, _ = build_model(config, train_raw.classes, backbone)
     model, _, _ = build_model(config, train_raw.classes, dataclasses.replace(backbone, model=sub))

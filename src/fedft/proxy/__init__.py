@@ -20,53 +20,25 @@ from fedft.errors import UsageError
 from fedft.proxy.build import ProxyInfo, build_sub_fm, is_proxy_dir, load_proxy, save_proxy  # noqa: F401
 from fedft.proxy.distill import ActivationStats, distill, ffn_parameters, most_active, neuron_masks
 
-TEXT_DISTILL = ("wordnet-verbs", "file:PATH")
-IMAGE_DISTILL = ("digits", "fashion-mnist")
+def distill_examples(name: str, backbone, max_length: int = 48, image_size: int = 56, limit: int = 5000,
+                     held=()):
+    """The server's unlabelled alignment data as model inputs (examples with .batch(idx); labels are zeros), none
+    identical to an example of the run's own raw splits `held` (proxy/server_data.py), and its description."""
+    from fedft.data import tokenize
+    from fedft.data.images import to_examples
+    from fedft.proxy.server_data import server_pool
+
+    pool = server_pool(name, backbone.modality, held, limit)
+    if backbone.modality == "text":
+        return tokenize(pool.raw, backbone.tokenizer, max_length), pool.describe()
+    return to_examples(pool.raw, image_size, backbone.image_mean, backbone.image_std,
+                       backbone.num_channels), pool.describe()
 
 
-def distill_examples(name: str, backbone, max_length: int = 48, image_size: int = 56, limit: int = 5000):
-    """The server's unlabelled alignment data as model inputs (examples with .batch(idx); labels are zeros)."""
-    from fedft.config import DataConfig
-    from fedft.data import LabelledText, tokenize
-
-    if name == "auto":
-        name = "wordnet-verbs" if backbone.modality == "text" else "digits"
-    allowed = TEXT_DISTILL if backbone.modality == "text" else IMAGE_DISTILL
-    if backbone.modality == "text" and (name == "wordnet-verbs" or name.startswith("file:")):
-        if name == "wordnet-verbs":
-            from fedft.data.wordnet import read_glosses
-
-            texts = [g for _, g in read_glosses(Path("/usr/share/wordnet/data.verb"))]
-        else:
-            texts = _read_lines(name[5:])
-        rng = np.random.default_rng(0)
-        texts = [texts[i] for i in sorted(rng.permutation(len(texts))[:limit])]
-        raw = LabelledText(texts, np.zeros(len(texts), dtype=np.int64), ["unlabelled"])
-        return tokenize(raw, backbone.tokenizer, max_length)
-    if backbone.modality == "image" and name in IMAGE_DISTILL:
-        from fedft.data.images import load_digits, load_fashion_mnist, to_examples
-
-        raw = (load_digits if name == "digits" else load_fashion_mnist)(DataConfig(train_per_class=limit // 10))[0]
-        return to_examples(raw, image_size, backbone.image_mean, backbone.image_std, backbone.num_channels)
-    raise UsageError(f"proxy.distill_data = {name!r}: for {'a text' if backbone.modality == 'text' else 'an image'} "
-                     f"model use auto, "
-                     f"{', '.join(allowed)}")
-
-
-def _read_lines(path: str) -> list[str]:
-    p = Path(path)
-    if not p.is_file():
-        what = "is a folder, not a file" if p.is_dir() else "is not a regular file" if p.exists() else "does not exist"
-        raise UsageError(f"proxy.distill_data = 'file:{path}': {what}")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    if len(lines) < 8:
-        raise UsageError(f"proxy.distill_data = 'file:{path}': has {len(lines)} non-empty lines; need at least 8")
-    return lines
-
-
-def make_sub_backbone(cfg, backbone, max_length: int = 48, image_size: int = 56):
+def make_sub_backbone(cfg, backbone, max_length: int = 48, image_size: int = 56, held=()):
     """The sub-FM for a run, not yet aligned: loaded from proxy.path, or built from `backbone` (the full FM).
-    Returns (sub backbone module, ProxyInfo, the server's alignment data or None)."""
+    Returns (sub backbone module, ProxyInfo, the server's alignment data or None). `held`: the run's own raw splits
+    (training and test), which the server's data never repeats; info.server_data describes that data."""
     data = None
     if cfg.path:
         sub, info = load_proxy(cfg.path)
@@ -78,7 +50,7 @@ def make_sub_backbone(cfg, backbone, max_length: int = 48, image_size: int = 56)
                                  backbone.source)
     sub.to(next(backbone.model.parameters()).device)
     if cfg.kind == "fedpft" and (not cfg.path and cfg.distill_steps or cfg.align_every):
-        data = distill_examples(cfg.distill_data, backbone, max_length, image_size)
+        data, info.server_data = distill_examples(cfg.distill_data, backbone, max_length, image_size, held=held)
         data = data.to(next(backbone.model.parameters()).device)
     return sub, info, data
 

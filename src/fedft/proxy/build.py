@@ -36,6 +36,7 @@ class ProxyInfo:
     model_type: str = ""  # the full FM's architecture
     hidden_size: int = 0
     distill: dict | None = None  # layer-level alignment: steps, loss before and after
+    server_data: dict | None = None  # the server's alignment data: source, examples, those left out as run data
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -51,7 +51,7 @@ class ProxyHook(Hook):
             "ffn_width": info.ffn_width, "full_layer_params": info.full_params, "sub_layer_params": info.sub_params,
             "client_model_params": count_parameters(self.pool.model),
             "full_model_params": count_parameters(self.proxy.full), "distill": info.distill,
-            "alignments": self.proxy.alignments}}
+            "server_data": info.server_data, "alignments": self.proxy.alignments}}
 
     def finish(self, out_dir, rounds):
         return {"proxy_accuracy": [r for r in rounds if r["accuracy"] is not None][-1]["proxy_accuracy"]}
