@@ -99,6 +99,31 @@ def test_deep_prompt_acts_at_every_layer(tiny):
     assert tuple(shallow.model.prompt.tokens.shape) == (1, 3, 32)
 
 
+@pytest.mark.parametrize("deep", [False, True])
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-vit"])
+def test_prompt_outputs_are_never_pooled(tiny, model, deep):
+    """VPT: the prompt tokens' outputs (positions 1..P) do not enter the mean-pooled feature; real tokens do."""
+    exp, _ = one_round(tiny, "prompt", model, **{"method.deep": deep, "method.prompt_length": 3})
+    inputs, _ = exp.test.batch(np.arange(4))
+    exp.model.eval()
+    shift = {"at": None}
+
+    def perturb(module, args, out):
+        if shift["at"] is not None:
+            h = out.last_hidden_state.clone()
+            h[:, shift["at"]] += 100.0
+            out.last_hidden_state = h
+        return out
+
+    exp.model.backbone.register_forward_hook(perturb)
+    with torch.no_grad():
+        ref = exp.model.features(**inputs)
+        shift["at"] = slice(1, 4)  # the prompts' outputs
+        torch.testing.assert_close(exp.model.features(**inputs), ref)
+        shift["at"] = slice(4, 5)  # the first real token or patch after them
+        assert not torch.allclose(exp.model.features(**inputs), ref)
+
+
 def test_lora_targets_can_be_chosen_and_bad_ones_are_refused(tiny):
     from fedft.errors import UsageError
 

@@ -19,6 +19,11 @@ class Prompts(nn.Module):
         super().__init__()
         self.tokens = nn.Parameter(torch.randn(num_sets, length, hidden) * 0.02)  # (L or 1, P, H)
 
+    @property
+    def length(self) -> int:
+        """P: the prompt tokens in positions 1..P of every layer's input."""
+        return self.tokens.shape[1]
+
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # embeds (B, T, H), mask (B, T) -> (B, 1+P+T-1, H), mask likewise
         b, p = embeds.shape[0], self.tokens.shape[1]

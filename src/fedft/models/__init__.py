@@ -176,19 +176,23 @@ class Classifier(nn.Module):
 
     def features(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """The pooled vector the head reads: (B, D)."""
+        """The pooled vector the head reads: (B, D). Prompt tokens (positions 1..P) are read by attention but never
+        pooled: mean pooling averages the real tokens or patches only, as visual prompt tuning leaves the prompts'
+        outputs out."""
+        p = 0 if self.prompt is None else self.prompt.length
         if pixel_values is not None:  # (B, C, S, S)
             extra = {"interpolate_pos_encoding": True} if self.backbone.config.model_type == "vit" else {}
             out = self.backbone(pixel_values=pixel_values, **extra)
-            hidden, mask = out.last_hidden_state[:, 1:], None  # patch (and prompt) tokens
+            hidden, mask = out.last_hidden_state[:, 1 + p:], None  # the patch tokens
         elif self.prompt is None:  # input_ids, attention_mask: (B, T)
             out = self.backbone(input_ids=input_ids, attention_mask=self._backbone_mask(attention_mask))
             hidden, mask = out.last_hidden_state, attention_mask
         else:
             embeds = self.backbone.get_input_embeddings()(input_ids)  # (B, T, H)
-            embeds, mask = self.prompt(embeds, attention_mask)  # (B, P+T, H), (B, P+T)
-            out = self.backbone(inputs_embeds=embeds, attention_mask=self._backbone_mask(mask))
-            hidden = out.last_hidden_state
+            embeds, with_prompts = self.prompt(embeds, attention_mask)  # (B, 1+P+T-1, H), its mask
+            out = self.backbone(inputs_embeds=embeds, attention_mask=self._backbone_mask(with_prompts))
+            h = out.last_hidden_state
+            hidden, mask = torch.cat([h[:, :1], h[:, 1 + p:]], dim=1), attention_mask  # the real tokens
         if self.pooling == "pooler":
             return out.pooler_output
         if self.pooling == "cls":
