@@ -2,6 +2,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -145,3 +146,25 @@ def test_interrupted_run_keeps_finished_rounds(tmp_path, tiny, monkeypatch):
     data = json.loads((tmp_path / "r" / "results.json").read_text())
     assert data["status"] == "interrupted" and len(data["rounds"]) == 1
     assert not [p for p in (tmp_path / "r").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_personal_accuracy_weighs_per_class_accuracy_by_each_clients_label_shares():
+    from fedft.tasks.classify import personal_accuracy
+
+    right, seen = np.array([5, 0, 2]), np.array([5, 5, 4])  # per-class test accuracy 1, 0, 0.5
+    shares = np.array([[1.0, 0, 0], [0, 0.5, 0.5], [0, 0, 0]])  # the third client holds no data
+    assert personal_accuracy(right, seen, shares) == pytest.approx((1.0 + 0.25) / 2)
+    assert personal_accuracy(right, np.array([5, 5, 0]), np.array([[0, 0.5, 0.5]])) == 0.0  # class 2 not tested
+
+
+def test_local_only_is_also_scored_on_each_clients_own_label_distribution(tmp_path, tiny):
+    """On the global test set a client that holds one label cannot score above that label's share; on a test set
+    with its own label distribution it can: the local-only baseline reports both, and so does every mode."""
+    skew = {"data.partition": "pathological", "data.classes_per_client": 1, "data.min_partition_size": 1,
+            "fl.rounds": 3, "fl.lr": 1e-2}
+    local = fedft.run(load_config(None, tiny(**skew, **{"fl.mode": "local"})), tmp_path / "local")
+    last = local.rounds[-1]
+    assert last["accuracy"] <= 0.26 and last["personal_accuracy"] >= last["accuracy"] + 0.5
+    assert local.final["personal_accuracy"] == last["personal_accuracy"]
+    fed = fedft.run(load_config(None, tiny(**skew)), tmp_path / "fed")
+    assert fed.rounds[-1]["personal_accuracy"] is not None

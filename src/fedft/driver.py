@@ -54,7 +54,9 @@ def assemble(exp: Experiment, tick: Callable[[], None] = lambda: None, log=None,
                      hooks=[Availability(fl, [len(c) for c in exp.clients]), Attack(fl, len(exp.clients)),
                             Validation(fl)], tick=tick, resume=resume)
     b = Build(exp, pool, fed, exp.test, {"feature_cache": None, "dp": None}, log=log or (lambda line: None))
-    fed.evaluate = lambda: exp.task.evaluate(exp.model, b.test, precision=pool.cfg.precision)
+    profiles = exp.task.profiles(exp.train, exp.clients)  # what the personal score weighs by
+    fed.evaluate = lambda cid=None: exp.task.evaluate(exp.model, b.test, precision=pool.cfg.precision,
+                                                      profiles=_of(profiles, cid))
     for package in PART_PACKAGES:
         discover(package)
     for _, _, install in PARTS:
@@ -64,6 +66,11 @@ def assemble(exp: Experiment, tick: Callable[[], None] = lambda: None, log=None,
         fed.runner = remote(exp)
     fed.hooks.sort(key=lambda h: h.order)
     return b
+
+
+def _of(profiles, cid):
+    """All clients' profiles (cid None: the global model as every client sees it), or client cid's alone."""
+    return profiles if profiles is None or cid is None else profiles[cid: cid + 1]
 
 
 def resumable(config: Config) -> str | None:
@@ -207,7 +214,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
             write_json(out / "results.json", _finite(record))
             write_csv(out / "rounds.csv", record["rounds"])
         last = [r for r in record["rounds"] if r["accuracy"] is not None][-1]
-        final.update(accuracy=last["accuracy"], loss=last["loss"], bytes_total=sent,
+        final.update(accuracy=last["accuracy"], loss=last["loss"], personal_accuracy=last.get("personal_accuracy"),
+                     bytes_total=sent,
                      bytes_up=sum(r["bytes_up"] for r in record["rounds"]),
                      bytes_down=sum(r["bytes_down"] for r in record["rounds"]),
                      seconds=time.perf_counter() - started)

@@ -46,18 +46,20 @@ class Row:
     proxy_loss: float | None = None  # is the full model's, with the aggregated parameters plugged in
     selection: dict[str, list[int]] | None = None  # method layers: the layers each returned client trained
     rejected: list[dict] | None = None  # updates the server refused before aggregation: {"client", "why"}
+    personal_accuracy: float | None = None  # mean over clients of the accuracy on their own label distribution
 
 
 @dataclass
 class Federation:
-    """A federated run's parts. `evaluate()` scores the global model (the params as loaded): row fields."""
+    """A federated run's parts. `evaluate()` scores the global model (the params as loaded) as row fields;
+    `evaluate(cid)` scores it as client cid sees it (its personal score, local mode)."""
     params: dict[str, nn.Parameter]  # the trainable parameters of the shared model: the global state lives here
     num_clients: int
     fl: FLConfig
     strategy: Strategy
     runner: Runner
     channel: Channel
-    evaluate: Callable[[], dict]
+    evaluate: Callable[..., dict]
     hooks: list[Hook] = field(default_factory=list)
     tick: Callable[[], None] = field(default=lambda: None)  # a sampled client that will not return
     resume: dict | None = None  # a checkpoint to continue from (fedft run --resume)
@@ -117,7 +119,8 @@ def federated(f: Federation) -> Iterator[Row]:
 
 def local_only(f: Federation) -> Iterator[Row]:
     """Every client trains alone from the same start, round after round, with no communication.
-    Accuracy is the mean over the clients' own models on the shared test set."""
+    Accuracy is the mean over the clients' own models on the shared test set; personal accuracy the mean over
+    them of each one's accuracy on its own label distribution (where a client with few labels can score high)."""
     start = read_state(f.params)
     cids = list(range(f.num_clients))
     states = [start] * f.num_clients
@@ -128,13 +131,12 @@ def local_only(f: Federation) -> Iterator[Row]:
         updates = f.runner.train(rnd, instructions)
         states = [u.state for u in updates]
         scores = []
-        for state in states if f.eval_round(rnd) else []:
+        for cid, state in enumerate(states) if f.eval_round(rnd) else []:
             load_state(f.params, state)
-            scores.append(f.evaluate())
-        acc, loss = (float(np.mean([s["accuracy"] for s in scores])), float(np.mean([s["loss"] for s in scores]))) \
-            if scores else (None, None)
-        yield Row(rnd, acc, loss, mean_loss(updates), 0, 0, cids, time.perf_counter() - t0, f.num_clients,
-                  f.num_clients)
+            scores.append(f.evaluate(cid))
+        mean = {k: _mean([s.get(k) for s in scores]) for k in ("accuracy", "loss", "personal_accuracy")}
+        yield Row(rnd, mean["accuracy"], mean["loss"], mean_loss(updates), 0, 0, cids, time.perf_counter() - t0,
+                  f.num_clients, f.num_clients, personal_accuracy=mean["personal_accuracy"])
 
 
 def central(f: Federation) -> Iterator[Row]:
@@ -155,10 +157,16 @@ def central(f: Federation) -> Iterator[Row]:
                              loss_fn=pool.cfg.loss)
         pool.tick()
         scores = f.evaluate() if f.eval_round(rnd) else {"accuracy": None, "loss": None}
-        yield Row(rnd, scores["accuracy"], scores["loss"], loss, 0, 0, [], time.perf_counter() - t0)
+        yield Row(rnd, scores["accuracy"], scores["loss"], loss, 0, 0, [], time.perf_counter() - t0,
+                  personal_accuracy=scores.get("personal_accuracy"))
 
 
 MODES = {"federated": federated, "local": local_only, "central": central}
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def mean_loss(updates: list[Update]) -> float:

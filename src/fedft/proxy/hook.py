@@ -32,14 +32,14 @@ class ProxyHook(Hook):
             self.proxy.plug(p.params)
             self.proxy.align(stats, rnd)
 
-    def evaluate(self, task, precision: str):
-        """Row fields: the full model's accuracy and loss (parameters plugged in), and the sub-model's own."""
+    def evaluate(self, task, precision: str, profiles=None):
+        """Row fields: the full model's accuracy and loss (parameters plugged in; its personal score where the task
+        has one), and the sub-model's own."""
         p = self.pool
         self.proxy.plug(p.params)
-        full = task.evaluate(self.proxy.full, self.proxy.test, precision=precision)
+        full = task.evaluate(self.proxy.full, self.proxy.test, precision=precision, profiles=profiles)
         sub = task.evaluate(p.model, self.proxy.test, precision=precision)
-        return {"accuracy": full["accuracy"], "loss": full["loss"], "proxy_accuracy": sub["accuracy"],
-                "proxy_loss": sub["loss"]}
+        return {**full, "proxy_accuracy": sub["accuracy"], "proxy_loss": sub["loss"]}
 
     def describe(self) -> dict:
         from fedft.methods.base import count_parameters
@@ -73,6 +73,7 @@ def proxy_run(b) -> None:
     b.exp.proxy.precision = b.pool.cfg.precision
     hook = ProxyHook(b.exp.proxy, b.pool)
     b.fed.hooks.append(hook)
-    b.fed.evaluate = lambda: hook.evaluate(b.exp.task, b.pool.cfg.precision)
+    profiles = b.exp.task.profiles(b.exp.train, b.exp.clients)
+    b.fed.evaluate = lambda cid=None: hook.evaluate(b.exp.task, b.pool.cfg.precision, profiles)
     b.cacheable = False  # the full model is scored on raw inputs
     b.final["full_model_params"] = count_parameters(b.exp.proxy.full)

@@ -19,5 +19,12 @@ class Task:
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, data, batch_size: int = 256, precision: str = "fp32") -> dict[str, float]:
+    def evaluate(self, model: nn.Module, data, batch_size: int = 256, precision: str = "fp32",
+                 profiles=None) -> dict[str, float]:
+        """`profiles`, where the task has them (see `profiles`): also score the model as the clients they describe
+        would see it ("personal_accuracy")."""
         raise NotImplementedError
+
+    def profiles(self, train, clients: list) -> object | None:
+        """What makes each client's data its own, for the personal score (classification: its label shares)."""
+        return None

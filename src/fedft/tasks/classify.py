@@ -20,10 +20,23 @@ class Classify(Task):
     def loss(self, outputs, targets, reduction="mean"):
         return cross_entropy(outputs, targets, reduction)
 
+    def profiles(self, train, clients):
+        """(clients, classes): each client's share of every label in its training data (a row of zeros: no data)."""
+        labels = np.asarray(train.labels.cpu() if hasattr(train.labels, "cpu") else train.labels)
+        k = int(labels.max()) + 1 if len(labels) else 0
+        out = np.zeros((len(clients), k))
+        for c, idx in enumerate(clients):
+            if len(idx):
+                out[c] = np.bincount(labels[np.asarray(idx)], minlength=k)[:k] / len(idx)
+        return out
+
     @torch.inference_mode()
-    def evaluate(self, model, data, batch_size=256, precision="fp32"):
+    def evaluate(self, model, data, batch_size=256, precision="fp32", profiles=None):
         """Accuracy and mean cross-entropy on `data`. Examples are batched by length to keep padding small; the
-        sums stay on the model's device until the end."""
+        sums stay on the model's device until the end. With `profiles` (clients' label shares) also
+        "personal_accuracy": the mean over those clients of the accuracy on a test set drawn with the client's own
+        label distribution (the per-class test accuracy weighted by the client's label shares), which is how a
+        client holding few labels sees a model."""
         from fedft.fl.precision import autocast
 
         model.eval()
@@ -31,13 +44,36 @@ class Classify(Task):
         order = np.argsort(data.lengths(), kind="stable") if hasattr(data, "lengths") else np.arange(len(data))
         correct = torch.zeros((), dtype=torch.long, device=device)
         loss = torch.zeros((), dtype=torch.float64, device=device)
+        k = 0 if profiles is None else profiles.shape[1]
+        right = torch.zeros(k, dtype=torch.long, device=device)  # per class: correct, and examples
+        seen = torch.zeros(k, dtype=torch.long, device=device)
         for i in range(0, len(order), batch_size):
             inputs, labels = data.batch(order[i: i + batch_size])
             with autocast(device, precision):
                 logits = model(**inputs).float()
             loss += cross_entropy(logits, labels, reduction="sum")
-            correct += (logits.argmax(-1) == labels).sum()
-        return {"accuracy": int(correct) / len(order), "loss": float(loss) / len(order)}
+            hit = logits.argmax(-1) == labels
+            correct += hit.sum()
+            if k:
+                seen += torch.bincount(labels, minlength=k)[:k]
+                right += torch.bincount(labels[hit], minlength=k)[:k]
+        out = {"accuracy": int(correct) / len(order), "loss": float(loss) / len(order)}
+        if k:
+            out["personal_accuracy"] = personal_accuracy(right.cpu().numpy(), seen.cpu().numpy(), profiles)
+        return out
+
+
+def personal_accuracy(right: np.ndarray, seen: np.ndarray, profiles: np.ndarray) -> float | None:
+    """Mean over clients of sum_k share[c, k] * accuracy_k, over the classes the test set has (shares renormalised
+    over them); clients without data are left out."""
+    have = seen > 0
+    acc = np.where(have, right / np.maximum(seen, 1), 0.0)
+    shares = profiles[:, have]
+    mass = shares.sum(1)
+    keep = mass > 0
+    if not keep.any():
+        return None
+    return float(np.mean((shares[keep] @ acc[have]) / mass[keep]))
 
 
 CLASSIFY = Classify()
