@@ -18,6 +18,26 @@ class Fates:
     late: list[int]  # stragglers past fl.deadline
 
 
+def client_sampler(fl: FLConfig) -> np.random.Generator:
+    """The generator the federated loop samples each round's clients with (its state is checkpointed)."""
+    return np.random.default_rng(client_seed(fl.seed, 1))
+
+
+def sample_clients(sampler: np.random.Generator, fl: FLConfig, num_clients: int) -> list[int]:
+    """One round's sampled clients, in id order."""
+    return sorted(sampler.choice(num_clients, fl.clients_per_round, replace=False).tolist())
+
+
+def participation(fl: FLConfig, sizes: list[int]) -> list[int]:
+    """How many rounds each client will train in this run: sampled and returning, drawn exactly as the loop
+    draws them (the same seeded sampler and fates). Known before the run, so privacy noise can be sized for it."""
+    sampler, count = client_sampler(fl), [0] * len(sizes)
+    for rnd in range(1, fl.rounds + 1):
+        for cid in client_fates(fl, rnd, sample_clients(sampler, fl, len(sizes)), sizes).returned:
+            count[cid] += 1
+    return count
+
+
 def local_steps(num_examples: int, fl: FLConfig) -> int:
     return -(-num_examples // fl.batch_size) * fl.local_epochs
 

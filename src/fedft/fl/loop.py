@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedft.config import FLConfig
+from fedft.fl.availability import client_sampler, sample_clients
 from fedft.fl.channel import Channel
 from fedft.fl.client import client_seed, lengths_for, load_state, make_optimizer, read_state, shuffled_batches, \
     train_batches
@@ -78,7 +79,7 @@ def federated(f: Federation) -> Iterator[Row]:
     """Sample clients -> the strategy's instructions, through the wire -> hooks configure -> the runner trains ->
     hooks see what is sent and received -> the strategy aggregates (if enough returned) -> hooks -> evaluate."""
     fl = f.fl
-    sampler = np.random.default_rng(client_seed(fl.seed, 1))
+    sampler = client_sampler(fl)
     global_state, first = read_state(f.params), 1
     if f.resume is not None:  # continue after the checkpoint's round, with every generator where it was
         sampler.bit_generator.state = f.resume["sampler"]
@@ -88,7 +89,7 @@ def federated(f: Federation) -> Iterator[Row]:
             part.restore(f.resume["parts"][name])
     for rnd in range(first, fl.rounds + 1):
         t0, log = time.perf_counter(), RoundLog()
-        sampled = sorted(sampler.choice(f.num_clients, fl.clients_per_round, replace=False).tolist())
+        sampled = sample_clients(sampler, fl, f.num_clients)
         start = f.channel.trip(global_state)  # what every sampled client receives
         instructions, log.bytes_down = f.channel.down(f.strategy.configure_train(rnd, sampled, start))
         for hook in f.hooks:

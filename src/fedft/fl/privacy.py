@@ -71,6 +71,36 @@ def calibrate(target_epsilon: float, delta: float, sample_rate: float, rounds: i
                          f"target or lower fl.rounds or fl.clients_per_round") from None
 
 
+def calibrate_worst(target_epsilon: float, delta: float, spends: list[tuple[float, int]], tolerance: float = 0.005
+                    ) -> float:
+    """The noise multiplier with which the client that spends most, of clients spending `steps` DP-SGD steps at
+    `sample_rate` each ((rate, steps) pairs), spends just under target_epsilon (within `tolerance`, relative)."""
+    spends = sorted({(r, s) for r, s in spends if s > 0})
+
+    def worst(z: float) -> float:
+        return max(epsilon(z, r, s, delta) for r, s in spends)
+
+    if not spends:
+        return 0.0
+    if worst(1e3) > target_epsilon:
+        rate, steps = max(spends, key=lambda p: epsilon(1e3, p[0], p[1], delta))
+        raise UsageError(f"dp.target_epsilon = {target_epsilon}: cannot be met: a client takes {steps} local steps "
+                         f"at sampling rate {rate:.3g} (even noise multiplier 1000 spends epsilon "
+                         f"{worst(1e3):.3g}); raise the target or lower fl.rounds or fl.clients_per_round")
+    lo, hi = 1e-2, 1e3  # worst() falls as z grows; bisect in log space
+    if worst(lo) <= target_epsilon:
+        return lo
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        if worst(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+        if worst(hi) >= target_epsilon * (1 - tolerance):
+            break
+    return hi
+
+
 class ClientDP:
     """The server side of DP-FedAvg: clip, average with equal weights, add noise; adapt the clip if asked."""
 
@@ -206,20 +236,23 @@ def client_dp(config: Config) -> ClientDP | None:
 
 
 def sample_level_dp(config: Config, exp) -> SampleDP | None:
-    """DP-SGD inside clients for dp.mode = sample, else None. The noise for dp.target_epsilon is calibrated for
-    the smallest client taking part in every round (the most any client can spend)."""
+    """DP-SGD inside clients for dp.mode = sample, else None. The noise for dp.target_epsilon is calibrated to the
+    run's real participation: the rounds each client will train (the loop's seeded sampling, dropout and deadline,
+    known before the run), its local steps and its sampling rate, so the client that spends most ends just under
+    the target. (Sizing it for the smallest client taking part in every round spent about half the target.)"""
     import numpy as np
 
-    from fedft.fl.availability import local_steps
+    from fedft.fl.availability import local_steps, participation
 
     if config.dp.mode != "sample":
         return None
     fl = config.fl
     z = config.dp.noise_multiplier
     if config.dp.target_epsilon:
-        smallest = min(len(c) for c in exp.clients if len(c))
-        z = calibrate(config.dp.target_epsilon, config.dp.delta, min(1.0, fl.batch_size / smallest),
-                      fl.rounds * local_steps(smallest, fl), unit="local steps of the smallest client")
+        sizes = [len(c) for c in exp.clients]
+        rounds = participation(fl, sizes)
+        z = calibrate_worst(config.dp.target_epsilon, config.dp.delta,
+                            [(min(1.0, fl.batch_size / n), k * local_steps(n, fl)) for n, k in zip(sizes, rounds) if n])
     dp = SampleDP(config.dp, exp.model, z)
     check_per_sample_gradients(dp, exp.params, *exp.train.batch(np.arange(min(2, len(exp.train)))), exp.task.loss)
     return dp
