@@ -129,7 +129,7 @@ def test_fedpft_distils_and_aligns_in_bf16(tiny, tmp_path, server_text):
     proxy = {"method.name": "lora", "proxy.kind": "fedpft", "proxy.keep_layers": [0], "proxy.ffn_neurons": 8,
              "proxy.distill_steps": 3, "proxy.align_every": 1, "proxy.align_steps": 2,
              "proxy.distill_data": f"file:{server_text}"}
-    runs = {p: json.loads((_one_round(tiny, tmp_path, p, **proxy, **{"fl.precision": p}).out_dir /
+    runs = {p: json.loads((_one_round(tiny, tmp_path, p, **proxy, **{"fl.precision": p, "fl.rounds": 2}).out_dir /
                            "results.json").read_text()) for p in ("fp32", "bf16")}
     d32, d16 = runs["fp32"]["proxy"]["distill"], runs["bf16"]["proxy"]["distill"]
     assert (d32["precision"], d16["precision"]) == ("fp32", "bf16")

@@ -226,6 +226,16 @@ def test_proxy_run_reports_full_and_sub_accuracy_and_counts_alignment_bytes(prox
     assert r3["loss"] != r3["proxy_loss"]  # and those are not the sub-model's
 
 
+def test_no_alignment_after_the_last_round_and_its_compute_is_counted(proxied, tmp_path):
+    """A re-alignment after the last aggregation changes nothing the full model is scored with: it is skipped,
+    and what the alignments did cost (steps, seconds) is in the results."""
+    result = run(proxied(**{"proxy.align_every": 1, "proxy.align_steps": 2, "fl.rounds": 3}), tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [a["round"] for a in record["proxy"]["alignments"]] == [1, 2]
+    assert result.final["alignment_steps"] == 4
+    assert result.final["alignment_seconds"] > 0 and all(a["seconds"] >= 0 for a in record["proxy"]["alignments"])
+
+
 def test_owed_bytes_go_to_each_client_once_per_alignment(proxied):
     exp = prepare(proxied())
     proxy = exp.proxy

@@ -5,8 +5,9 @@ AVX512-BF16 or AMX. On a CPU without them, bf16 is emulated and slower than fp32
 torch's own capability check finds native support, and, on a CPU, only where bf16 is also measured faster: native
 support does not promise speed. (An Intel Xeon, family 6 model 207, with avx512_bf16 but no AMX exposed, computed
 bf16 matrix products at 0.6-0.7x fp32's speed and ran the default run 1.49x longer in bf16; on an AMD EPYC with
-avx512_bf16, issue 24 reports the default run 1.81x faster in bf16.) The measurement (`bf16_speedup`, under a second) is made once per machine and kept in
-fedft's cache folder, so a machine always resolves auto the same way and its runs stay deterministic.
+avx512_bf16, issue 24 reports the default run 1.81x faster in bf16.) The measurement (`bf16_speedup`, under a
+second) is made once per machine and kept in fedft's cache folder, so a machine always resolves auto the same way
+and its runs stay deterministic.
 Master weights, gradients and optimizer state stay fp32 in every case: autocast only lowers the matrix products
 of the forward pass (and their backward).
 """

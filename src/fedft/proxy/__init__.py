@@ -225,11 +225,13 @@ class ProxyRun:
 
     def align(self, stats: ActivationStats, rnd: int) -> dict:
         """Freeze the most active share of each compressed FFN's neurons and re-distil the rest against the FM."""
+        t0 = time.perf_counter()
         frozen = most_active(stats.activity(self.cfg.align_stat), self.cfg.align_keep)
         masks = neuron_masks(self.student, self.info, frozen)
         result = distill(self.teacher, self.student, self.info, self.data, self.cfg.align_steps, self.cfg.distill_lr,
                          self.cfg.distill_batch, seed=self.seed + rnd, masks=masks, precision=self.precision)
         self.version += 1
-        result.update(round=rnd, stat=self.cfg.align_stat, frozen=int(sum(int(m.sum()) for m in frozen.values())))
+        result.update(round=rnd, stat=self.cfg.align_stat, frozen=int(sum(int(m.sum()) for m in frozen.values())),
+                      seconds=round(time.perf_counter() - t0, 2))
         self.alignments.append(result)
         return result

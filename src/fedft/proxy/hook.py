@@ -3,6 +3,8 @@ alignment after aggregation (from the activity statistics the returned clients r
 plugs the aggregated parameters into the full model."""
 from __future__ import annotations
 
+import time
+
 from fedft.fl.client import load_state
 from fedft.fl.hooks import Hook
 from fedft.fl.parts import part
@@ -12,25 +14,29 @@ from fedft.proxy import ProxyRun
 class ProxyHook(Hook):
     order = 0  # before availability: every sampled client is sent the latest FFNs
 
-    def __init__(self, proxy: ProxyRun, pool) -> None:
-        self.proxy, self.pool = proxy, pool
+    def __init__(self, proxy: ProxyRun, pool, rounds: int) -> None:
+        self.proxy, self.pool, self.rounds = proxy, pool, rounds
 
     def configure(self, rnd, instructions, log):
         log.bytes_down += self.proxy.owed([i.cid for i in instructions])
         return instructions
 
     def aggregated(self, rnd, state, updates, aggregated, log):
-        """Clients report their sub-FFNs' activity (measured with their trained state); the server re-aligns."""
+        """Clients report their sub-FFNs' activity (measured with their trained state); the server re-aligns.
+        Not after the last round: no client would train on what it re-aligns, and the full model is scored
+        without it."""
         p = self.pool
-        if not (self.proxy.due(rnd) and updates):
+        if not (self.proxy.due(rnd) and updates and rnd < self.rounds):
             return
+        t0 = time.perf_counter()
         stats = self.proxy.gather(p.model, p.params, updates, [p.clients[u.cid] for u in updates], p.data,
                                   p.cfg.batch_size)
+        measured = time.perf_counter() - t0
         log.bytes_up += stats.nbytes() * len(updates)
         load_state(p.params, state)  # gathering left the last client's state loaded
         if aggregated:  # against the full model with the new global plugged in
             self.proxy.plug(p.params)
-            self.proxy.align(stats, rnd)
+            self.proxy.align(stats, rnd)["stats_seconds"] = round(measured, 2)
 
     def evaluate(self, task, precision: str, profiles=None):
         """Row fields: the full model's accuracy and loss (parameters plugged in; its personal score where the task
@@ -54,7 +60,12 @@ class ProxyHook(Hook):
             "server_data": info.server_data, "alignments": self.proxy.alignments}}
 
     def finish(self, out_dir, rounds):
-        return {"proxy_accuracy": [r for r in rounds if r["accuracy"] is not None][-1]["proxy_accuracy"]}
+        """The sub-model's last accuracy, and what the neuron-level alignments cost: the server's distillation
+        steps and seconds, and the seconds the clients spent measuring the statistics."""
+        done = self.proxy.alignments
+        return {"proxy_accuracy": [r for r in rounds if r["accuracy"] is not None][-1]["proxy_accuracy"],
+                "alignment_steps": sum(a["steps"] for a in done),
+                "alignment_seconds": round(sum(a["seconds"] + a.get("stats_seconds", 0.0) for a in done), 2)}
 
     def state(self) -> dict:
         return {"proxy": self.proxy.state()}
@@ -71,7 +82,7 @@ def proxy_run(b) -> None:
     if b.exp.proxy is None:
         return
     b.exp.proxy.precision = b.pool.cfg.precision
-    hook = ProxyHook(b.exp.proxy, b.pool)
+    hook = ProxyHook(b.exp.proxy, b.pool, b.exp.config.fl.rounds)
     b.fed.hooks.append(hook)
     profiles = b.exp.task.profiles(b.exp.train, b.exp.clients)
     b.fed.evaluate = lambda cid=None: hook.evaluate(b.exp.task, b.pool.cfg.precision, profiles)
