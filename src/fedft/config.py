@@ -101,7 +101,9 @@ class MethodConfig:
     importance: str = doc("layers, gradient: per-layer score: gn (sum of squared gradient norms) | rgn (gn / "
                           "||parameters||^2) | snr (gradient mean^2 / std over batches)", default="gn")
     balance: float = doc("layers, gradient: lambda, weight of the consistency term (0 = each client's own top "
-                         "layers; importances are normalised to sum 1 per client)", default=0.0)
+                         "layers; importances sum to 1 per client and one client joining or leaving a layer moves "
+                         "the term by at most lambda: 0.01 barely matters, around 1 all clients agree; results.json "
+                         "reports the lambda at which they would, as layers.consensus_lambda)", default=0.0)
     reselect_every: int = doc("layers: a client's layers are chosen again after this many rounds", default=1)
 
     def check(self) -> None:

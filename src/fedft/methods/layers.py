@@ -97,6 +97,7 @@ class LayerSelector:
                 raise UsageError(f"{key} = {value}: must be between 1 and the model's {self.num_layers} layers")
         self.budget = selection.budgets(num_clients, low, high, client_seed(seed, 7))
         self.masks: dict[int, tuple[int, np.ndarray]] = {}  # client -> (round chosen, (L,) bool)
+        self.consensus: list[dict] = []  # per gradient choice: the lambda at which its clients would all agree
 
     def choose(self, rnd: int, cids: list[int], importance) -> tuple[dict[int, list[str]], int]:
         """Every client in `cids` gets its parameters to train this round. `importance(cid)` -> (L,) scores is
@@ -113,7 +114,12 @@ class LayerSelector:
                     sent += 4 * self.num_layers
                 else:
                     fixed[row] = self.masks[c][1]
-            masks = selection.choose(selection.normalise(g), self.budget[cids], self.cfg.balance, fixed)
+            g = selection.normalise(g)
+            masks = selection.choose(g, self.budget[cids], self.cfg.balance, fixed)
+            if len(due) > 1:
+                rows = [row for row, c in enumerate(cids) if c in due]
+                self.consensus.append({"round": rnd, "lambda": selection.consensus_lambda(
+                    g[rows], self.budget[[cids[r] for r in rows]])})
             for row, c in enumerate(cids):
                 if c in due:
                     self.masks[c] = (rnd, masks[row])
@@ -203,7 +209,8 @@ class LayerHook(Hook):
         return [dataclasses.replace(i, train=trained[i.cid]) for i in instructions]
 
     def describe(self) -> dict:
-        return {"layers": {"num_layers": self.selector.num_layers, "budgets": self.selector.budget.tolist()}}
+        return {"layers": {"num_layers": self.selector.num_layers, "budgets": self.selector.budget.tolist(),
+                           "balance": self.selector.cfg.balance, "consensus_lambda": self.selector.consensus}}
 
     def finish(self, out_dir: Path, rounds: list[dict]) -> None:
         from fedft.report import plot_selection
@@ -212,7 +219,8 @@ class LayerHook(Hook):
                        f"layers ({self.selector.cfg.select}): clients per layer and round")
 
     def state(self) -> dict:
-        return {"masks": dict(self.selector.masks)}
+        return {"masks": dict(self.selector.masks), "consensus": list(self.selector.consensus)}
 
     def restore(self, state: dict) -> None:
         self.selector.masks = state["masks"]
+        self.selector.consensus = list(state.get("consensus", []))
