@@ -168,3 +168,23 @@ def test_local_only_is_also_scored_on_each_clients_own_label_distribution(tmp_pa
     assert local.final["personal_accuracy"] == last["personal_accuracy"]
     fed = fedft.run(load_config(None, tiny(**skew)), tmp_path / "fed")
     assert fed.rounds[-1]["personal_accuracy"] is not None
+
+
+@pytest.mark.parametrize("budget", ["examples", "steps"])
+def test_central_baseline_matches_the_federated_examples_or_steps(tmp_path, tiny, monkeypatch, budget):
+    """fl.central_budget: examples = the sampled clients' example-passes per round; steps = one mean client's
+    optimizer steps per round (clients_per_round times fewer examples)."""
+    import fedft.fl.loop as loop
+
+    seen, real = [], loop.train_batches
+    monkeypatch.setattr(loop, "train_batches", lambda m, p, d, batches, *a, **k: seen.append(
+        [len(b) for b in batches]) or real(m, p, d, batches, *a, **k))
+    config = load_config(None, tiny(**{"fl.mode": "central", "fl.central_budget": budget, "fl.rounds": 2,
+                                       "fl.batch_size": 8}))
+    fedft.run(config, tmp_path / "central")
+    sizes = json.loads((tmp_path / "central" / "results.json").read_text())["client_sizes"]
+    mean, k = sum(sizes) / len(sizes), config.fl.clients_per_round
+    want = round(mean * (k if budget == "examples" else 1))
+    assert len(seen) == 2 and all(sum(r) == want * config.fl.local_epochs for r in seen)
+    if budget == "steps":
+        assert all(len(r) == -(-round(mean) // 8) * config.fl.local_epochs for r in seen)

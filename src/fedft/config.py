@@ -133,6 +133,10 @@ class MethodConfig:
 class FLConfig:
     mode: str = doc("federated | local (each client alone) | central (all client data pooled)",
                     default="federated")
+    central_budget: str = doc("central: what each round matches of a federated round: examples (the example-passes "
+                              "all sampled clients make: clients_per_round / num_clients of the pooled data, "
+                              "local_epochs times) | steps (the optimizer steps one client of mean size makes: "
+                              "clients_per_round times fewer examples)", default="examples")
     rounds: int = doc("communication rounds", default=10)
     clients_per_round: int = doc("clients sampled each round", default=10)
     local_epochs: int = doc("passes over its data each sampled client makes per round", default=1)
@@ -201,6 +205,7 @@ class FLConfig:
 
     def check(self) -> None:
         _choice("fl.mode", self.mode, ("federated", "local", "central"))
+        _choice("fl.central_budget", self.central_budget, ("examples", "steps"))
         _choice("fl.backend", self.backend, ("engine", "flower-sim"))
         _at_least("fl.rounds", self.rounds, 1)
         _at_least("fl.clients_per_round", self.clients_per_round, 1)

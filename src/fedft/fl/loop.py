@@ -141,11 +141,14 @@ def local_only(f: Federation) -> Iterator[Row]:
 
 
 def central(f: Federation) -> Iterator[Row]:
-    """All client data pooled, one optimizer, the same number of example-passes per round as a federated
-    round makes on average (clients_per_round / num_clients of the pooled data, local_epochs times)."""
+    """All client data pooled, one optimizer. fl.central_budget = examples: each round makes as many example-passes
+    as a federated round does on average (clients_per_round / num_clients of the pooled data, local_epochs times);
+    steps: as many optimizer steps as one client of mean size makes in a round (1 / num_clients of the pooled
+    data, local_epochs times, at the same batch size)."""
     pool, fl = f.runner.pool, f.fl
     pooled = np.concatenate(pool.clients)
-    per_round = max(1, round(len(pooled) * fl.clients_per_round / len(pool.clients)))
+    share = fl.clients_per_round if fl.central_budget == "examples" else 1
+    per_round = max(1, round(len(pooled) * share / len(pool.clients)))
     rng = np.random.default_rng(client_seed(fl.seed, 2))
     torch.manual_seed(client_seed(fl.seed, 3))
     opt = make_optimizer(pool.params, pool.cfg)
