@@ -34,7 +34,7 @@ from fedft.api import assemble, prepare
 from fedft.config import load_config
 from fedft.fl.client import TrainConfig, load_state, make_optimizer, read_state, shuffled_batches, train_batches
 from fedft.fl.messages import Instruction
-from fedft.fl.precision import native_bf16, resolve
+from fedft.fl.precision import cpu_name, native_bf16, resolve
 from fedft.fl.runners import Batched
 from fedft.methods import trainable_parameters
 
@@ -171,13 +171,6 @@ def main() -> None:
     at = [r for r in results if r["precision"] == auto] or results
     print(f"engine/naive={min(r['engine/naive'] for r in at):.2f} "
           f"engine/limit={min(r['engine/limit'] for r in at):.2f}")
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "CPU"
 
 
 if __name__ == "__main__":

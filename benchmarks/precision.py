@@ -43,12 +43,11 @@ METHODS = {  # name -> config overrides; cheap and default first
 
 
 def machine() -> dict:
-    from fedft.fl.precision import native_bf16
     import torch
 
-    name = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")), "CPU") if Path("/proc/cpuinfo").exists() else "CPU"
-    return {"cpu": name, "native_bf16": native_bf16(torch.device("cpu")), "threads": torch.get_num_threads()}
+    from fedft.fl.precision import cpu_name, native_bf16
+
+    return {"cpu": cpu_name(), "native_bf16": native_bf16(torch.device("cpu")), "threads": torch.get_num_threads()}
 
 
 def cell(name: str, sets: list[str]) -> dict:

@@ -54,7 +54,7 @@ def test_native_bf16_that_is_measured_slower_keeps_fp32(monkeypatch, tmp_path):
     monkeypatch.setenv("FEDFT_CACHE", str(tmp_path))
     speed = precision.bf16_speedup()
     assert speed > 0 and json.loads((tmp_path / "precision.json").read_text()) == {
-        f"{precision._cpu_name()}|{torch.__version__}|{torch.get_num_threads()} threads": speed}
+        f"{precision.cpu_name()}|{torch.__version__}|{torch.get_num_threads()} threads": speed}
     monkeypatch.setattr(torch, "randn", None)  # a second call measures nothing: it reads the kept figure
     assert precision.bf16_speedup() == speed
 

@@ -14,7 +14,6 @@ of the forward pass (and their backward).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-CHOICES = ("auto", "fp32", "bf16")
 FASTER = 1.2  # auto picks bf16 on a CPU whose bf16 matrix products run at least this many times fp32's speed
 
 
@@ -90,8 +88,11 @@ def autocast(device: torch.device, precision: str):
 def bf16_speedup() -> float:
     """How many times faster this CPU multiplies bf16 matrices than fp32 ones (a MiniLM-sized FFN product, median of
     interleaved repeats), measured once per machine and torch version and kept in $FEDFT_CACHE/precision.json."""
-    key = f"{_cpu_name()}|{torch.__version__}|{torch.get_num_threads()} threads"
-    path = Path(os.environ.get("FEDFT_CACHE", Path.home() / ".cache" / "fedft")) / "precision.json"
+    from fedft.models.dinov2_onnx import cache_root
+    from fedft.report import write_json
+
+    key = f"{cpu_name()}|{torch.__version__}|{torch.get_num_threads()} threads"
+    path = cache_root() / "precision.json"
     try:
         known = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -113,15 +114,13 @@ def bf16_speedup() -> float:
     speed = round(med[torch.float32] / med[torch.bfloat16], 2)
     try:  # written whole or not at all
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({**known, key: speed}, indent=1))
-        tmp.replace(path)
+        write_json(path, {**known, key: speed})
     except OSError:
         pass
     return speed
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     """The processor as /proc/cpuinfo names it, with its family and model numbers (the same on every core)."""
     try:
         first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
