@@ -27,7 +27,8 @@ from fedft.fl.runners import OneByOne, Pool
 from fedft.fl.strategies import STRATEGIES
 from fedft.methods.base import count_parameters
 from fedft.registry import discover
-from fedft.report import plot_curves, write_csv, write_json
+from fedft import plots
+from fedft.report import write_csv, write_json
 
 PART_PACKAGES = ("fedft.fl", "fedft.methods", "fedft.proxy")  # where run parts register themselves
 
@@ -225,7 +226,9 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         meta = {"model": config.model.name, "model_source": exp.model_source, "classes": exp.classes,
                 "pooling": config.model.pooling, "image_size": config.data.image_size, **exp.export_meta}
         record["exported"] = exp.method.export(exp.server_model(), out, meta)
-        plot_curves(out / "curves.png", record["rounds"], f"{config.method.name} / {fl.mode}")
+        name = f"method.name={config.method.name}"
+        plots.curves(out / "curves.png", {name: [record]}, plots.colours([name]),
+                     f"{config.model.name} on {config.data.name}, method {config.method.name}, {fl.mode}")
         for hook in b.fed.hooks:  # each feature's own files, and its entries of "final"
             final.update(hook.finish(out, record["rounds"]) or {})
         record["status"] = "completed"

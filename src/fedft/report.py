@@ -56,30 +56,6 @@ def write_csv(path: Path, rounds: list[dict]) -> None:
     atomic_write(path, write)
 
 
-def plot_curves(path: Path, rounds: list[dict], title: str) -> None:
-    """Accuracy against round and against cumulative MB sent."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    mb, total = [], 0
-    for r in rounds:
-        total += r["bytes_up"] + r["bytes_down"]
-        mb.append(total / 1e6)
-    pts = [(r["round"], m, r["accuracy"]) for r, m in zip(rounds, mb) if r["accuracy"] is not None]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot([p[0] for p in pts], [p[2] for p in pts], marker="o")
-    a.set(xlabel="round", ylabel="test accuracy", title=title)
-    b.plot([p[1] for p in pts], [p[2] for p in pts], marker="o")
-    b.set(xlabel="MB sent (up + down, cumulative)", ylabel="test accuracy")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
-
-
 def selection_counts(rounds: list[dict], num_layers: int):
     """(layers, rounds): how many clients trained each layer in each round (method layers)."""
     import numpy as np

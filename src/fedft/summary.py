@@ -129,45 +129,20 @@ def plot_selections(out: Path, records: list[dict]) -> list[str]:
 
 
 def plot_summary(out: Path, keys: list[str], records: list[dict], rows: list[dict]) -> list[str]:
-    import matplotlib
+    """curves.png and frontier.png, and epsilon.png / dropout.png when the runs sweep those (fedft.plots)."""
+    from fedft import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-
-    def save(fig, name):
-        fig.tight_layout()
-        atomic_write(out / name, lambda p: fig.savefig(p, format="png", dpi=100))
-        plt.close(fig)
-        written.append(name)
-
-    label = lambda row: ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys) or "run"  # noqa: E731
-    by_label: dict[str, list[dict]] = {}
+    names = [plots.cell_label({k: row[k] for k in keys}) for row in rows]
+    colour = plots.colours(names)
+    groups: dict[str, list[dict]] = {name: [] for name in names}
     for r in records:
         c = flat(r["config"])
-        by_label.setdefault(label({k: _show(c.get(k)) for k in keys}), []).append(r)
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name, members in by_label.items():
-        curves = [{x["round"]: x["accuracy"] for x in m["rounds"] if x["accuracy"] is not None} for m in members]
-        common = sorted(set.intersection(*(set(c) for c in curves)))
-        ax.plot(common, [np.mean([c[t] for c in curves]) for t in common], marker="o", label=name)
-    ax.set(xlabel="round", ylabel="test accuracy", title="accuracy per round (mean over repeats)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, "curves.png")
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for row in rows:
-        ax.errorbar(row["MB_total"], row["accuracy_mean"], yerr=row["accuracy_std"], fmt="o")
-        ax.annotate(label(row), (row["MB_total"], row["accuracy_mean"]), fontsize=7)
-    ax.set(xscale="log", xlabel="MB sent in the run (log)", ylabel="final test accuracy",
-           title="accuracy against communication")
-    ax.grid(alpha=0.3)
-    save(fig, "frontier.png")
-
-    for key, name, xlabel in (("epsilon", "epsilon.png", "epsilon spent (client-level DP)"),
+        groups[plots.cell_label({k: _show(c.get(k)) for k in keys})].append(r)
+    heading = plots.title(flat(records[0]["config"]), keys)
+    plots.curves(out / "curves.png", groups, colour, heading)
+    plots.frontier(out / "frontier.png", rows, names, colour, heading)
+    written = ["curves.png", "frontier.png"]
+    for key, name, xlabel in (("epsilon", "epsilon.png", "epsilon spent (DP)"),
                               ("fl.dropout", "dropout.png", "client dropout rate")):
         values = {row["epsilon"] if key == "epsilon" else row.get(key) for row in rows}
         if len(values) < 2 or (key == "fl.dropout" and key not in keys):
@@ -176,24 +151,10 @@ def plot_summary(out: Path, keys: list[str], records: list[dict], rows: list[dic
         others = [k for k in keys if k not in (key, "dp.target_epsilon", "dp.mode", "dp.noise_multiplier")]
         for row in rows:
             x = row["epsilon"] if key == "epsilon" else row[key]
-            series.setdefault(", ".join(str(row[k]) for k in others) or "run", []).append(
+            series.setdefault(plots.cell_label({k: row[k] for k in others}), []).append(
                 (x, row["accuracy_mean"], row["accuracy_std"]))
-        fig, ax = plt.subplots(figsize=(7, 5))
-        finite = [float(x) for pts in series.values() for x, _, _ in pts if x != "inf"]
-        for name_, pts in series.items():
-            inf_x = max(finite) * 2 if finite else 1.0  # "no DP" drawn to the right of every epsilon
-            xs = [inf_x if x == "inf" else float(x) for x, _, _ in pts]
-            order = np.argsort(xs)
-            ax.errorbar(np.array(xs)[order], np.array([p[1] for p in pts])[order],
-                        yerr=np.array([p[2] for p in pts])[order], marker="o", label=name_)
-        if key == "epsilon":
-            ax.set_xscale("log")
-            if any(x == "inf" for pts in series.values() for x, _, _ in pts):
-                ax.set_title("accuracy against privacy (rightmost point: no DP)")
-        ax.set(xlabel=xlabel, ylabel="final test accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        save(fig, name)
+        plots.against(out / name, series, xlabel, key == "epsilon", heading)
+        written.append(name)
     return written
 
 
