@@ -134,3 +134,37 @@ def test_ctrl_c_in_a_sweep_says_how_to_go_on_and_keeps_the_summary(tiny, tmp_pat
     err = capsys.readouterr().err
     assert "run the same fedft sweep command again" in err and "--resume" not in err
     assert (out / "summary.csv").is_file()
+
+
+def test_variants_are_crossed_with_the_grid_and_repeats(tiny, tmp_path):
+    """Named override sets (a baseline and its ablations) become rows of their own, each with the grid and seeds."""
+    cfg = tmp_path / "study.toml"
+    cfg.write_text('[sweep]\nrepeat = 2\ngrid = { "data.partition" = ["iid", "dirichlet"] }\n'
+                   'variants = { probe = { "method.name" = "head" }, bitfit = { "method.name" = "bias", '
+                   '"fl.lr" = 0.01 } }\n')
+    out = tmp_path / "sw"
+    assert main(["sweep", str(cfg), *[a for p in tiny() for a in ("--set", p)], "--out", str(out)]) == 0
+    names = sorted(d.name for d in out.iterdir() if d.is_dir())
+    assert names == sorted(f"{v}__data.partition-{p}__seed-{s}" for v in ("probe", "bitfit")
+                           for p in ("iid", "dirichlet") for s in (0, 1))
+    bitfit = json.loads((out / "bitfit__data.partition-iid__seed-1" / "results.json").read_text())["config"]
+    assert bitfit["method"]["name"] == "bias" and bitfit["fl"]["lr"] == 0.01 and bitfit["fl"]["seed"] == 1
+    probe = json.loads((out / "probe__data.partition-dirichlet__seed-0" / "results.json").read_text())["config"]
+    assert probe["method"]["name"] == "head" and probe["data"]["partition"] == "dirichlet"
+    with (out / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(int(r["repeats"]) == 2 for r in rows)
+
+
+@pytest.mark.parametrize("table, message", [
+    ('variants = ["a"]', "[sweep] variants must be a table of name ="),
+    ('variants = { a = { "method.nme" = "head" } }', "unknown config key method.nme"),
+])
+def test_bad_variants_exit_2(tiny, tmp_path, capsys, table, message):
+    cfg = tmp_path / "study.toml"
+    cfg.write_text(f"[sweep]\n{table}\n")
+    out = tmp_path / "sw"
+    assert main(["sweep", str(cfg), *[a for p in tiny() for a in ("--set", p)], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not out.exists()

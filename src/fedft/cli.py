@@ -244,11 +244,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.config and args.config_opt:
         raise UsageError("give the config file once (positional or --config)")
     path = args.config or args.config_opt
-    grid, repeat = read_sweep(path)
+    grid, repeat, variants = read_sweep(path)
     grid.update(parse_grid(args.grid))
-    if not grid:
-        raise UsageError("nothing to sweep: give --grid section.key=v1,v2 or a [sweep] grid in the config file")
-    todo = cells(path, args.set, grid, repeat if args.repeat is None else args.repeat)
+    if not grid and not variants:
+        raise UsageError("nothing to sweep: give --grid section.key=v1,v2 or a [sweep] grid or variants in the config "
+                         "file")
+    todo = cells(path, args.set, grid, repeat if args.repeat is None else args.repeat, variants)
     out = Path(args.out) if args.out else Path("sweeps") / datetime.now().strftime("%Y%m%d-%H%M%S")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {str(out)!r} is a file, not a folder")

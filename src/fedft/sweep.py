@@ -1,7 +1,9 @@
 """`fedft sweep`: run a grid of experiments one after another, resumably, then summarise them.
 
 The grid comes from the config file's [sweep] table (`grid = { "method.name" = ["bias", "lora"] }`,
-`repeat = 3`) and from --grid key=v1,v2 (which wins). Repeat r runs with fl.seed + r. Each cell runs in
+`repeat = 3`) and from --grid key=v1,v2 (which wins). Rows that are not a product of values (a baseline and its
+ablations) are named `variants`, each a set of overrides crossed with the grid:
+`variants = { fedot = { "proxy.kind" = "fedot" }, fedpft = { "proxy.kind" = "fedpft" } }`. Repeat r runs with fl.seed + r. Each cell runs in
 its own folder; a cell whose results.json says completed is skipped on a rerun, any other is run again
 from scratch, so a sweep stopped by Ctrl-C or a crash loses no finished cell.
 
@@ -30,10 +32,10 @@ class Cell:
     config: Config
 
 
-def read_sweep(path: str | None) -> tuple[dict[str, list], int]:
-    """The [sweep] table of a config file: (grid, repeat)."""
+def read_sweep(path: str | None) -> tuple[dict[str, list], int, dict[str, dict]]:
+    """The [sweep] table of a config file: (grid, repeat, variants)."""
     if path is None:
-        return {}, 1
+        return {}, 1, {}
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"config file {str(p)!r} does not exist")
@@ -46,13 +48,16 @@ def read_sweep(path: str | None) -> tuple[dict[str, list], int]:
     grid = table.get("grid", {})
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         raise UsageError("[sweep] grid must be a table of \"section.key\" = [value, ...] (non-empty lists)")
-    unknown = set(table) - {"grid", "repeat"}
+    unknown = set(table) - {"grid", "repeat", "variants"}
     if unknown:
-        raise UsageError(f"unknown key sweep.{sorted(unknown)[0]}; allowed in [sweep]: grid, repeat")
+        raise UsageError(f"unknown key sweep.{sorted(unknown)[0]}; allowed in [sweep]: grid, repeat, variants")
+    variants = table.get("variants", {})
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise UsageError("[sweep] variants must be a table of name = { \"section.key\" = value, ... }")
     repeat = table.get("repeat", 1)
     if not isinstance(repeat, int) or isinstance(repeat, bool):
         raise UsageError(f"sweep.repeat = {repeat!r}: must be an integer")
-    return dict(grid), repeat
+    return dict(grid), repeat, dict(variants)
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -69,23 +74,26 @@ def parse_grid(items: list[str]) -> dict[str, list]:
     return grid
 
 
-def cells(path: str | None, sets: list[str], grid: dict[str, list], repeat: int) -> list[Cell]:
-    """Every (grid point, repeat), each config built and checked now, so bad input fails before any run."""
+def cells(path: str | None, sets: list[str], grid: dict[str, list], repeat: int,
+          variants: dict[str, dict] | None = None) -> list[Cell]:
+    """Every (variant, grid point, repeat), each config built and checked now, so bad input fails before any run."""
     if repeat < 1:
         raise UsageError(f"--repeat {repeat}: must be >= 1")
     base_seed = load_config(path, sets).fl.seed
     keys = list(grid)
     out = []
-    for values in itertools.product(*(grid[k] for k in keys)):
+    for variant, values in itertools.product(list(variants or {None: {}}), itertools.product(*(grid[k] for k in keys))):
+        fixed = [f"{k}={_toml(v)}" for k, v in (variants or {}).get(variant, {}).items()]
         for r in range(repeat):
-            overrides = []
+            overrides = list(fixed)
             for k, v in zip(keys, values):
                 if k == "dp.target_epsilon" and _is_inf(v):
                     overrides.append('dp.mode="none"')
                 else:
                     overrides.append(f"{k}={_toml(v)}")
             overrides.append(f"fl.seed={base_seed + r}")
-            name = "__".join(f"{k}-{_slug(v)}" for k, v in zip(keys, values)) or "run"
+            name = "__".join(([_slug(variant)] if variant is not None else [])
+                             + [f"{k}-{_slug(v)}" for k, v in zip(keys, values)]) or "run"
             config = load_config(path, [*sets, *overrides])
             check_names(config)
             client_dp(config)  # an unreachable epsilon target fails now, not in the middle of the sweep
