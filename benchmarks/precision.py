@@ -5,7 +5,9 @@ round, 10 rounds, Dirichlet 0.5), seeds 0, 1, 2: does bf16 cost accuracy, and ho
 
 For each method and seed the fp32 run and the bf16 run go back to back, so their seconds are measured on the same
 machine in the same session; each cell records the CPU it ran on, and a time ratio is only formed from a pair run on
-one CPU model. Run it alone on the machine: the seconds are wall-clock.
+one CPU model. Run it alone on the machine: the seconds are wall-clock. An fp32 cell whose exact config another
+study already finished (the methods sweep of configs/findings_methods.toml, at Dirichlet 0.5) is copied from there,
+with that run's own seconds and CPU.
 
 Every finished run keeps only its results.json (plus the study's own "study" entry: whole-call seconds and the CPU),
 in benchmarks/studies/precision/<cell>/, committed, so the study resumes where it stopped, on any machine; table.md
@@ -64,8 +66,19 @@ def cell(name: str, sets: list[str]) -> dict:
     tmp = OUT / f".{name}.running"
     if tmp.exists():
         shutil.rmtree(tmp)
+    config = load_config(None, [s.replace("'", '"') for s in sets])
+    twin = same_run_elsewhere(config.to_dict())
+    if twin is not None:  # the very same experiment, finished by another study (the findings' methods sweep)
+        record = json.loads(twin.read_text())
+        record["study"] = {"wall_seconds": round(record["final"]["seconds"], 1), "reused_from": str(twin.parent),
+                           "cpu": record.get("machine", {}).get("cpu", "unknown"), "native_bf16": None,
+                           "threads": record.get("machine", {}).get("threads")}
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(record, indent=1))
+        print(f"{name}: reused {twin.parent}", flush=True)
+        return record
     t0 = time.perf_counter()
-    result = fedft.run(load_config(None, [s.replace("'", '"') for s in sets]), tmp, log=print)
+    result = fedft.run(config, tmp, log=print)
     wall = time.perf_counter() - t0
     record = json.loads((tmp / "results.json").read_text())
     record["study"] = {"wall_seconds": round(wall, 1), **machine()}
@@ -74,6 +87,21 @@ def cell(name: str, sets: list[str]) -> dict:
     shutil.rmtree(tmp)
     print(f"{name}: accuracy {result.final['accuracy']:.4f}, {wall:.0f} s", flush=True)
     return record
+
+
+def same_run_elsewhere(config: dict) -> Path | None:
+    """A finished results.json of another study under benchmarks/studies/ with exactly this config (a deterministic
+    run on the CPU gives the same numbers), so no cell is run twice."""
+    for f in sorted(OUT.parent.glob("*/*/results.json")):
+        if f.parent.parent == OUT:
+            continue
+        try:
+            record = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("status") == "completed" and record.get("config") == config:
+            return f
+    return None
 
 
 def mean_std(xs: list[float]) -> str:

@@ -76,6 +76,8 @@ def test_same_config_same_results_json_across_processes(tmp_path, tiny):
         for r in data["rounds"]:
             r.pop("seconds")
         data["final"].pop("seconds")
+        machine = data.pop("machine")  # the processor and the start time: where and when, not what
+        assert machine["cpu"] and machine["threads"] >= 1 and machine["started"][:2] == "20"
         return data, (tmp_path / name / "adapter" / "adapter_model.safetensors").read_bytes()
 
     assert run_process("a") == run_process("b")

@@ -185,7 +185,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
         "client_sizes": [len(c) for c in exp.clients], "precision": _precision_record(exp.precision, remote),
-        **b.record,
+        "machine": _machine(), **b.record,
         "rounds": [], "final": None,
     }
     final = {"trainable_params": sum(p.numel() for p in exp.params.values()),
@@ -240,6 +240,16 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         bar.close()
         write_json(out / "results.json", _finite(record))
     return Result(record["config"], record["rounds"], final, out)
+
+
+def _machine() -> dict:
+    """Where and when this run (or its last resume) ran: every figure in results.json names its processor."""
+    import torch
+
+    from fedft.fl.precision import cpu_name
+
+    return {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "started": datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
 def _precision_record(prec, remote) -> dict:
