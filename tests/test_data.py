@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from fedft.config import DataConfig
-from fedft.data import csvdata, wordnet
+from fedft.data import load_dataset, wordnet
 from fedft.errors import UsageError
 
 NOUN_LINES = [
@@ -46,18 +46,18 @@ def test_real_wordnet_default_split_is_fixed():
 
 
 def test_csv_split_is_stratified(text_csv):
-    train, test = csvdata.load(str(text_csv), 0.25)
+    train, test = load_dataset(DataConfig(name=f"csv:{text_csv}", test_fraction=0.25))
     assert train.classes == ["animal", "food", "place", "tool"]
     assert np.bincount(test.labels).tolist() == [10] * 4 and np.bincount(train.labels).tolist() == [30] * 4
 
 
 @pytest.mark.parametrize("content, words", [
-    ("a,b\n1,2\n", "columns text,label"),
-    ("text,label\nhello,x\nworld,x\n", "at least 2 labels"),
+    ("a,b\n1,2\n", "no column 'label'"),
+    ("text,label\nhello,x\nworld,x\n", "has a single class"),
     ("text,label\nhello,x\nworld,y\nagain,y\n", "every label needs at least 2"),
 ])
 def test_csv_bad_files(tmp_path, content, words):
     p = tmp_path / "d.csv"
     p.write_text(content)
     with pytest.raises(UsageError, match=words):
-        csvdata.load(str(p), 0.2)
+        load_dataset(DataConfig(name=f"csv:{p}", test_fraction=0.2))

@@ -208,10 +208,14 @@ def test_node_config_checks_and_app_folder(tmp_path):
     assert commands.node_config(1, 4, None) == "partition-id=1 num-partitions=4"
     with pytest.raises(UsageError, match="0..3"):
         commands.node_config(4, 4, None)
-    with pytest.raises(UsageError, match="csv:PATH or imagefolder:PATH"):
+    with pytest.raises(UsageError, match="give csv:PATH or hf:PATH or imagefolder:PATH or jsonl:PATH or parquet:PATH"):
+        commands.node_config(0, None, "xlsx:/x")
+    with pytest.raises(UsageError, match="is not a file"):
         commands.node_config(0, None, "parquet:/x")
     (tmp_path / "d.csv").write_text("text,label\na,x\n")
     assert commands.node_config(0, None, f"csv:{tmp_path / 'd.csv'}").endswith(f'data="csv:{tmp_path / "d.csv"}"')
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    assert commands.node_config(0, None, f"jsonl:{tmp_path / 'd.jsonl'}").endswith(f'data="jsonl:{tmp_path / "d.jsonl"}"')
     config = load_config(None, ["deploy.secagg=true", "fl.rounds=3"])
     app = commands.app_dir(config, tmp_path / "out")
     meta = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]

@@ -207,20 +207,28 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
-    from fedft.data import load_dataset
+    from fedft.data import load_data
     from fedft.data.partition import label_counts, partition
 
     config = _load(args, check=False)  # a partition uses [data] and fl.seed only: no fl.clients_per_round check
-    train, _ = load_dataset(config.data)
-    clients = partition(train.labels, config.data, config.fl.seed)
+    data = load_data(config.data)
+    train = data.train
+    clients = partition(train.labels, config.data, config.fl.seed, data.groups, data.group_names)
     counts = label_counts(clients, train.labels, len(train.classes))
     held = sum(len(c) for c in clients)
-    capped = f" ({held} held by the clients, data.shots = {config.data.shots})" if held != len(train.labels) else ""
+    capped = "" if held == len(train.labels) else (
+        f" ({held} held by the clients, data.shots = {config.data.shots})" if config.data.shots else
+        f" ({held} held by the {len(clients)} of {len(data.group_names)} natural clients sampled)")
     print(f"{config.data.name}: {len(train.labels)} training examples{capped}, {len(train.classes)} classes, "
           f"{len(clients)} clients, partition {config.data.partition}")
     print("classes: " + ", ".join(f"{i}={c}" for i, c in enumerate(train.classes)))
-    for cid, row in enumerate(counts):
-        print(f"client {cid:>4}: {int(row.sum()):>6} examples  labels " + " ".join(f"{int(v)}" for v in row))
+    if data.report:
+        dropped = ", ".join(f"{n} {why}" for why, n in data.report["dropped"].items()) or "none"
+        print(f"rows: {data.report['rows_read']} read, {data.report['rows_used']} used, dropped: {dropped}")
+    width = max((len(n) for n in data.group_names), default=4)
+    for cid, (row, idx) in enumerate(zip(counts, clients)):
+        name = f" {data.group_names[data.groups[idx[0]]]:<{width}}" if data.groups is not None and len(idx) else ""
+        print(f"client {cid:>4}{name}: {int(row.sum()):>6} examples  labels " + " ".join(f"{int(v)}" for v in row))
     return 0
 
 

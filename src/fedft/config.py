@@ -40,10 +40,24 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = doc("data set: wordnet-nouns | csv:PATH (columns text,label) | fashion-mnist | digits | "
-                    "imagefolder:PATH (one sub-folder per class)", default="wordnet-nouns")
-    num_clients: int = doc("number of clients the training set is split over", default=50)
-    partition: str = doc("how the training set is split: iid | dirichlet | pathological", default="dirichlet")
+    name: str = doc("data set: wordnet-nouns | fashion-mnist | digits | imagefolder:PATH (one sub-folder per class) | "
+                    "a file: csv:PATH | tsv:PATH | jsonl:PATH | parquet:PATH | hf:DIR (a datasets save_to_disk "
+                    "folder), with the columns data.text_column or data.image_column, and data.label_column",
+                    default="wordnet-nouns")
+    text_column: str = doc("file sources: the column holding the text", default="text")
+    image_column: str = doc("file sources: the column holding images (encoded bytes, or paths relative to the file)",
+                            default="image")
+    label_column: str = doc("file sources: the column holding the label (text or integers)", default="label")
+    client_column: str = doc("file sources, partition natural: the column naming each row's client (a site, a user)",
+                             default="client")
+    label_case: str = doc("file sources: keep | fold (labels that differ only in case become one class)",
+                          default="keep")
+    test: str = doc("file sources: a given test set (csv:PATH, ... or a path whose suffix names the format; the "
+                    "same columns); empty = hold out data.test_fraction of each class", default="")
+    num_clients: int = doc("number of clients the training set is split over (natural: 0 = every client found, "
+                           "fewer = that many, sampled with fl.seed)", default=50)
+    partition: str = doc("how the training set is split: iid | dirichlet | pathological | natural (one client per "
+                         "value of data.client_column)", default="dirichlet")
     alpha: float = doc("Dirichlet concentration over labels (smaller = more skewed)", default=0.5)
     classes_per_client: int = doc("labels each client holds under the pathological partition", default=2)
     min_partition_size: int = doc("dirichlet: every client gets at least this many examples (lower it when a "
@@ -55,11 +69,15 @@ class DataConfig:
                                default=1000)
     test_per_class: int = doc("wordnet-nouns, fashion-mnist, digits: test examples per class (a fixed, seeded split)",
                               default=300)
-    test_fraction: float = doc("csv, imagefolder: share of each class held out for the test set", default=0.2)
+    test_fraction: float = doc("file sources, imagefolder: share of each class held out for the test set",
+                               default=0.2)
+    client_test_fraction: float = doc("share of each client's own rows held out of its training and scored client "
+                                      "by client (client_accuracy: mean and std over clients); 0 = none", default=0.0)
 
     def check(self) -> None:
-        _at_least("data.num_clients", self.num_clients, 1)
-        _choice("data.partition", self.partition, ("iid", "dirichlet", "pathological"))
+        _at_least("data.num_clients", self.num_clients, 0 if self.partition == "natural" else 1)
+        _choice("data.partition", self.partition, ("iid", "dirichlet", "pathological", "natural"))
+        _choice("data.label_case", self.label_case, ("keep", "fold"))
         if not self.alpha > 0:
             raise UsageError(f"data.alpha = {self.alpha}: must be > 0")
         _at_least("data.classes_per_client", self.classes_per_client, 1)
@@ -69,6 +87,8 @@ class DataConfig:
         _at_least("data.image_size", self.image_size, 1)
         _at_least("data.train_per_class", self.train_per_class, 1)
         _at_least("data.test_per_class", self.test_per_class, 1)
+        if not 0 <= self.client_test_fraction < 1:
+            raise UsageError(f"data.client_test_fraction = {self.client_test_fraction}: must be in [0, 1)")
         if not 0 < self.test_fraction < 1:
             raise UsageError(f"data.test_fraction = {self.test_fraction}: must be between 0 and 1 (exclusive)")
 
@@ -383,7 +403,8 @@ class Config:
     def check(self) -> None:
         for section in SECTIONS:
             getattr(self, section).check()
-        if self.fl.clients_per_round > self.data.num_clients:
+        if self.fl.clients_per_round > self.data.num_clients and not (self.data.partition == "natural"
+                                                                      and self.data.num_clients == 0):
             raise UsageError(f"fl.clients_per_round = {self.fl.clients_per_round}: must be <= data.num_clients "
                              f"({self.data.num_clients})")
         if self.fl.min_clients > self.fl.clients_per_round:

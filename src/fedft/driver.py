@@ -178,14 +178,14 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     except BaseException:
         bar.close()
         raise
-    (log or (lambda line: None))(start_line(config, len(exp.clients), exp.precision))
+    (log or (lambda line: None))(start_line(config, len(exp.clients), exp.precision, exp.data_report))
     out.mkdir(parents=True, exist_ok=True)
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
         "client_sizes": [len(c) for c in exp.clients], "precision": _precision_record(exp.precision, remote),
-        "machine": _machine(), **b.record,
+        "machine": _machine(), **({"data": exp.data_report} if exp.data_report else {}), **b.record,
         "rounds": [], "final": None,
     }
     final = {"trainable_params": sum(p.numel() for p in exp.params.values()),
@@ -215,6 +215,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
             write_json(out / "results.json", _finite(record))
             write_csv(out / "rounds.csv", record["rounds"])
         last = [r for r in record["rounds"] if r["accuracy"] is not None][-1]
+        if last.get("client_accuracy") is not None:
+            final.update(client_accuracy=last["client_accuracy"], client_accuracy_std=last["client_accuracy_std"])
         final.update(accuracy=last["accuracy"], loss=last["loss"], personal_accuracy=last.get("personal_accuracy"),
                      bytes_total=sent,
                      bytes_up=sum(r["bytes_up"] for r in record["rounds"]),
@@ -258,10 +260,15 @@ def _precision_record(prec, remote) -> dict:
     return {**prec.to_dict(), "clients": "each node resolves fl.precision on its own machine"}
 
 
-def start_line(config: Config, num_clients: int, prec) -> str:
+def start_line(config: Config, num_clients: int, prec, data_report: dict | None = None) -> str:
     """The line a run prints once its checks have passed (the engine and Flower's simulation alike)."""
     fl = config.fl
-    return (f"fedft: {fl.mode} {config.method.name} on {config.model.name} / {config.data.name}, {num_clients} "
+    rows = ""
+    if data_report:  # a file source: what it read, used and dropped
+        dropped = data_report.get("dropped") or {}
+        why = f" ({', '.join(f'{n} {k}' for k, n in dropped.items())} dropped)" if dropped else ""
+        rows = f" ({data_report['rows_read']} rows read, {data_report['rows_used']} used{why})"
+    return (f"fedft: {fl.mode} {config.method.name} on {config.model.name} / {config.data.name}{rows}, {num_clients} "
             f"clients, {fl.rounds} rounds, {prec.used} ({prec.why})")
 
 

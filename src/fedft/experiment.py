@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from fedft.config import Config
-from fedft.data import load_dataset, tokenize
-from fedft.data.partition import partition
+from fedft.data import load_data, tokenize
+from fedft.data.partition import hold_out, partition
 from fedft.errors import UsageError
 from fedft.fl.precision import Precision, resolve
 from fedft.fl.strategies import STRATEGIES
@@ -39,6 +39,8 @@ class Experiment:
     task: object = CLASSIFY
     precision: Precision = Precision("fp32", "fl.precision = fp32")  # fl.precision resolved on this machine
     export_meta: dict = field(default_factory=dict)  # added to what the export records (proxy: its kind)
+    data_report: dict = field(default_factory=dict)  # a file source's rows read, used and dropped (and why)
+    client_tests: list[np.ndarray] | None = None  # data.client_test_fraction: each client's own held-out rows
 
     @property
     def lr(self) -> float:
@@ -81,12 +83,12 @@ def build_model(config: Config, classes: list[str], backbone: Backbone | None = 
 
 def to_examples(raw, backbone: Backbone, config: Config):
     """Raw split -> what the model eats: token ids (text) or resized, normalised pixel batches (images)."""
-    from fedft.data import IMAGE_SETS, TEXT_SETS, LabelledText
+    from fedft.data import LabelledText, sources_of
     from fedft.data.images import to_examples as image_examples
 
     kind = "text" if isinstance(raw, LabelledText) else "image"
     if kind != backbone.modality:
-        sets = TEXT_SETS if backbone.modality == "text" else IMAGE_SETS
+        sets = sources_of(backbone.modality)
         article = {"text": "a text", "image": "an image"}
         raise UsageError(f"data.name = {config.data.name!r} is {article[kind]} data set but model.name = "
                          f"{config.model.name!r} is {article[backbone.modality]} model; use {' or '.join(sets)}")
@@ -107,14 +109,12 @@ def to_examples(raw, backbone: Backbone, config: Config):
 
 def check_names(config: Config) -> None:
     """The cheap checks of names that live in registries or on disk (a sweep checks every cell this way first)."""
-    from fedft.data import IMAGE_SETS, TEXT_SETS
+    from fedft.data.sources import find
     from fedft.models import BUILTIN
 
     STRATEGIES.get(config.fl.strategy, "fl.strategy")
     METHODS.get(config.method.name, "method.name")
-    name = config.data.name
-    if name not in TEXT_SETS + IMAGE_SETS and not name.startswith(("csv:", "imagefolder:")):
-        raise UsageError(f"data.name = {name!r}: unknown data set; choose one of {', '.join(TEXT_SETS + IMAGE_SETS)}")
+    find(config.data.name)
     model = config.model.name
     if model not in BUILTIN and not Path(model).is_dir() and os.environ.get("HF_HUB_OFFLINE") != "0":
         raise UsageError(f"model.name = {model!r}: not a built-in model ({', '.join(BUILTIN)}) "
@@ -124,19 +124,29 @@ def check_names(config: Config) -> None:
 def prepare(config: Config, log: Callable[[str], None] | None = None) -> Experiment:
     """Load and check everything a run needs. All bad input fails here, before anything is written."""
     check_names(config)
-    train_raw, test_raw = load_dataset(config.data)
-    clients = partition(train_raw.labels, config.data, config.fl.seed)
+    data = load_data(config.data)
+    train_raw, test_raw = data.train, data.test
+    clients = partition(train_raw.labels, config.data, config.fl.seed, data.groups, data.group_names)
+    client_tests = None
+    if config.data.client_test_fraction:
+        clients, client_tests = hold_out(clients, config.data.client_test_fraction, config.fl.seed)
+    if config.fl.clients_per_round > len(clients):  # natural clients: known only now
+        raise UsageError(f"fl.clients_per_round = {config.fl.clients_per_round}: the data names only {len(clients)} "
+                         f"clients (data.client_column = {config.data.client_column!r})")
     device = resolve_device(config.fl.device)
     if config.proxy.kind != "none":
-        return _prepare_proxy(config, train_raw, test_raw, clients, device, log)
-    model, method, backbone = build_model(config, train_raw.classes)
-    train = to_examples(train_raw, backbone, config)
-    test = to_examples(test_raw, backbone, config)
-    freeze_unused(model, test.batch([0, len(test) - 1])[0])
-    model.to(device)
-    return Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
-                      train_raw.classes, clients, backbone.source,
-                      precision=resolve(config.fl.precision, device, method.keep_fp32))
+        exp = _prepare_proxy(config, train_raw, test_raw, clients, device, log)
+    else:
+        model, method, backbone = build_model(config, train_raw.classes)
+        train = to_examples(train_raw, backbone, config)
+        test = to_examples(test_raw, backbone, config)
+        freeze_unused(model, test.batch([0, len(test) - 1])[0])
+        model.to(device)
+        exp = Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
+                         train_raw.classes, clients, backbone.source,
+                         precision=resolve(config.fl.precision, device, method.keep_fp32))
+    exp.data_report, exp.client_tests = data.report, client_tests
+    return exp
 
 
 def _prepare_proxy(config: Config, train_raw, test_raw, clients, device, log) -> Experiment:

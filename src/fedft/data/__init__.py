@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from fedft.config import DataConfig
-from fedft.errors import UsageError
 
 
 @dataclass
@@ -62,26 +61,26 @@ def tokenize(data: LabelledText, tokenizer, max_length: int) -> TextExamples:
     return TextExamples(ids, torch.as_tensor(data.labels, dtype=torch.long), int(tokenizer.pad_token_id or 0))
 
 
-TEXT_SETS = ("wordnet-nouns", "csv:PATH")
-IMAGE_SETS = ("fashion-mnist", "digits", "imagefolder:PATH")
+def load_data(cfg: DataConfig):
+    """The `Loaded` (train, test, natural clients, reading report) of `data.name`, from its registered source. The
+    test split is fixed: it depends on the data alone, not on fl.seed."""
+    from fedft.data.sources import find
+
+    src, arg = find(cfg.name)
+    return src.load(arg, cfg)
 
 
 def load_dataset(cfg: DataConfig):
-    """(train, test) for `data.name`: LabelledText or LabelledImages. The test split is fixed: it depends on
-    the data alone, not on fl.seed."""
-    from fedft.data import csvdata, images, wordnet
+    """(train, test) of `data.name`: LabelledText or LabelledImages."""
+    got = load_data(cfg)
+    return got.train, got.test
 
-    if cfg.name == "wordnet-nouns":
-        return wordnet.load(cfg)
-    if cfg.name.startswith("csv:"):
-        return csvdata.load(cfg.name[4:], cfg.test_fraction)
-    if cfg.name == "fashion-mnist":
-        return images.load_fashion_mnist(cfg)
-    if cfg.name == "digits":
-        return images.load_digits(cfg)
-    if cfg.name.startswith("imagefolder:"):
-        return images.load_image_folder(cfg.name[len("imagefolder:"):], cfg.test_fraction)
-    raise UsageError(f"data.name = {cfg.name!r}: unknown data set; choose one of {', '.join(TEXT_SETS + IMAGE_SETS)}")
+
+def sources_of(kind: str) -> list[str]:
+    """The data.name forms of every source giving `kind` (text | image) data; file sources give either."""
+    from fedft.data.sources import SOURCES
+
+    return [s.shown for s in map(lambda n: SOURCES.get(n, ""), SOURCES.names()) if s.kind in (kind, "table")]
 
 
 def stratified_split(labels: np.ndarray, n_test: list[int], n_train: list[int], seed: int = 0

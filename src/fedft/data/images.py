@@ -108,36 +108,48 @@ def load_digits(cfg):
     return LabelledImages(images[tr], labels[tr], classes), LabelledImages(images[te], labels[te], classes)
 
 
-def load_image_folder(path_text: str, test_fraction: float):
-    """imagefolder:PATH, one sub-folder per class. All images must share one size and one colour mode."""
+def read_image(source, key: str, where: str) -> tuple[np.ndarray, str]:
+    """One image file or buffer -> (H, W) or (H, W, 3) uint8 and its mode (L or RGB). 16-bit greyscale is scaled to
+    8 bits (PIL's own conversion would clip it to black and white)."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        with Image.open(source) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(im).astype(np.float64)
+                top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                return np.round(arr * (255.0 / top)).clip(0, 255).astype(np.uint8), "L"
+            im_mode = "L" if im.mode in ("1", "L", "F", "LA") else "RGB"
+            return np.asarray(im.convert(im_mode)), im_mode
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UsageError(f"{key}: cannot read image {where} ({str(e).splitlines()[0]})") from None
+
+
+def load_image_folder(path_text: str, test_fraction: float):
+    """imagefolder:PATH, one sub-folder per class (hidden folders such as .ipynb_checkpoints are skipped). All
+    images must share one size and one colour mode."""
     from fedft.data import split_fraction
 
     key = f"data.name = 'imagefolder:{path_text}'"
     root = Path(path_text)
     if not root.is_dir():
         raise UsageError(f"{key}: folder does not exist")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     arrays, labels, shape, mode = [], [], None, None
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
+            if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
                 continue
-            try:
-                with Image.open(f) as im:
-                    im_mode = "L" if im.mode in ("1", "L", "I;16", "I", "F") else "RGB"
-                    arr = np.asarray(im.convert(im_mode))
-            except (UnidentifiedImageError, OSError) as e:
-                raise UsageError(f"{key}: cannot read image {f} ({e})") from None
+            where = str(f.relative_to(root))
+            arr, im_mode = read_image(f, key, where)
             if mode is None:
-                shape, mode, first = arr.shape[:2], im_mode, f
+                shape, mode, first = arr.shape[:2], im_mode, where
             if im_mode != mode:
-                raise UsageError(f"{key}: grayscale/RGB mismatch: {first.name} is {mode} but {f.relative_to(root)} "
-                                 f"is {im_mode}; convert them to one mode")
+                raise UsageError(f"{key}: grayscale/RGB mismatch: {first} is {mode} but {where} is {im_mode}; "
+                                 f"convert them to one mode")
             if arr.shape[:2] != shape:
-                raise UsageError(f"{key}: images of different sizes: {first.name} is {shape[1]}x{shape[0]} but "
-                                 f"{f.relative_to(root)} is {arr.shape[1]}x{arr.shape[0]}; resize them to one size")
+                raise UsageError(f"{key}: images of different sizes: {first} is {shape[1]}x{shape[0]} but {where} "
+                                 f"is {arr.shape[1]}x{arr.shape[0]}; resize them to one size")
             arrays.append(arr)
             labels.append(label)
     if not arrays:

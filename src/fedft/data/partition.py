@@ -1,6 +1,8 @@
 """Split training examples over clients with flwr-datasets' partitioners, then cap shots per class."""
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 
 import numpy as np
@@ -9,12 +11,16 @@ from fedft.config import DataConfig
 from fedft.errors import UsageError
 
 
-def partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray]:
-    """Indices into the training set, one array per client. Same labels, config and seed -> same split."""
+def partition(labels: np.ndarray, cfg: DataConfig, seed: int, groups: np.ndarray | None = None,
+              group_names: list[str] | None = None) -> list[np.ndarray]:
+    """Indices into the training set, one array per client. Same labels, config and seed -> same split.
+    `groups` (partition natural): each training row's client, an index into `group_names`."""
     import datasets
     from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
 
     datasets.disable_progress_bars()
+    if cfg.partition == "natural":
+        return natural(labels, cfg, seed, groups, group_names or [])
     n = cfg.num_clients
     num_classes = int(labels.max()) + 1
     if n > len(labels):
@@ -49,6 +55,42 @@ def partition(labels: np.ndarray, cfg: DataConfig, seed: int) -> list[np.ndarray
     if cfg.shots > 0:
         clients = [few_shot(idx, labels, cfg.shots, np.random.SeedSequence([seed, i])) for i, idx in enumerate(clients)]
     return clients
+
+
+def natural(labels: np.ndarray, cfg: DataConfig, seed: int, groups: np.ndarray | None,
+            group_names: list[str]) -> list[np.ndarray]:
+    """One client per value of data.client_column (flwr-datasets' NaturalIdPartitioner), in the order of the values
+    (integers by value, else by text); data.num_clients below the number found keeps that many, seeded."""
+    import datasets
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    if groups is None:
+        raise UsageError(f"data.partition = 'natural': data.name = {cfg.name!r} names no clients; use a file source "
+                         f"(csv:, tsv:, jsonl:, parquet:, hf:) with a client column (data.client_column)")
+    ds = datasets.Dataset.from_dict({"client": groups.tolist(), "idx": list(range(len(groups)))})
+    part = NaturalIdPartitioner(partition_by="client")
+    part.dataset = ds
+    chosen = list(range(len(group_names)))
+    if 0 < cfg.num_clients < len(chosen):
+        chosen = sorted(np.random.default_rng(seed).choice(len(chosen), cfg.num_clients, replace=False).tolist())
+    with contextlib.redirect_stderr(io.StringIO()):  # its progress bar cannot be turned off
+        by_group = {part.partition_id_to_natural_id[i]: i for i in range(part.num_partitions)}
+        clients = [np.array(part.load_partition(by_group[g])["idx"], dtype=np.int64) for g in chosen]
+    if cfg.shots > 0:
+        clients = [few_shot(idx, labels, cfg.shots, np.random.SeedSequence([seed, i])) for i, idx in enumerate(clients)]
+    return clients
+
+
+def hold_out(clients: list[np.ndarray], fraction: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """data.client_test_fraction: (what each client trains on, its own held-out rows): round(fraction * size) of each
+    client's rows (seeded), at least one where the client has two or more, never all of them."""
+    train, held = [], []
+    for cid, idx in enumerate(clients):
+        n = min(len(idx) - 1, max(1 if len(idx) > 1 else 0, int(round(fraction * len(idx)))))
+        order = np.random.default_rng(np.random.SeedSequence([seed, cid, 17])).permutation(len(idx))
+        held.append(np.sort(idx[order[:n]]))
+        train.append(np.sort(idx[order[n:]]))
+    return train, held
 
 
 def few_shot(idx: np.ndarray, labels: np.ndarray, shots: int, seed) -> np.ndarray:

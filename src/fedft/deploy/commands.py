@@ -228,12 +228,16 @@ def node_config(partition_id: int, num_partitions: int | None, data: str | None,
                              f"{num_partitions})")
         parts.append(f"num-partitions={num_partitions}")
     if data:
+        from fedft.data.sources import SOURCES
+
         kind, _, path = data.partition(":")
-        if kind not in ("csv", "imagefolder") or not path:
-            raise UsageError(f"--data {data!r}: give csv:PATH or imagefolder:PATH")
+        files = [n for n in SOURCES.names() if SOURCES.get(n, "").prefix]  # csv, tsv, jsonl, parquet, hf, imagefolder
+        if kind not in files or not path:
+            raise UsageError(f"--data {data!r}: give {' or '.join(f'{n}:PATH' for n in files)}")
         p = Path(path).expanduser().resolve()
-        if not (p.is_file() if kind == "csv" else p.is_dir()):
-            raise UsageError(f"--data {data!r}: {p} {'is not a file' if kind == 'csv' else 'is not a folder'}")
+        folder = kind in ("hf", "imagefolder")
+        if not (p.is_dir() if folder else p.is_file()):
+            raise UsageError(f"--data {data!r}: {p} {'is not a folder' if folder else 'is not a file'}")
         parts.append(f'data="{kind}:{p}"')
     if threads < 0:
         raise UsageError(f"--threads {threads}: must be >= 0 (0 = torch's default, all cores)")

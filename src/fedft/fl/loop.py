@@ -48,6 +48,8 @@ class Row:
     selection: dict[str, list[int]] | None = None  # method layers: the layers each returned client trained
     rejected: list[dict] | None = None  # updates the server refused before aggregation: {"client", "why"}
     personal_accuracy: float | None = None  # mean over clients of the accuracy on their own label distribution
+    client_accuracy: float | None = None  # data.client_test_fraction: mean over clients of the accuracy on their
+    client_accuracy_std: float | None = None  # own held-out rows (federated/central: the one model), and its spread
 
 
 @dataclass
@@ -135,9 +137,12 @@ def local_only(f: Federation) -> Iterator[Row]:
         for cid, state in enumerate(states) if f.eval_round(rnd) else []:
             load_state(f.params, state)
             scores.append(f.evaluate(cid))
-        mean = {k: _mean([s.get(k) for s in scores]) for k in ("accuracy", "loss", "personal_accuracy")}
+        mean = {k: _mean([s.get(k) for s in scores]) for k in ("accuracy", "loss", "personal_accuracy",
+                                                                 "client_accuracy")}
+        own = [s["client_accuracy"] for s in scores if s.get("client_accuracy") is not None]
         yield Row(rnd, mean["accuracy"], mean["loss"], mean_loss(updates), 0, 0, cids, time.perf_counter() - t0,
-                  f.num_clients, f.num_clients, personal_accuracy=mean["personal_accuracy"])
+                  f.num_clients, f.num_clients, personal_accuracy=mean["personal_accuracy"],
+                  client_accuracy=mean["client_accuracy"], client_accuracy_std=float(np.std(own)) if own else None)
 
 
 def central(f: Federation) -> Iterator[Row]:
@@ -162,7 +167,8 @@ def central(f: Federation) -> Iterator[Row]:
         pool.tick()
         scores = f.evaluate() if f.eval_round(rnd) else {"accuracy": None, "loss": None}
         yield Row(rnd, scores["accuracy"], scores["loss"], loss, 0, 0, [], time.perf_counter() - t0,
-                  personal_accuracy=scores.get("personal_accuracy"))
+                  personal_accuracy=scores.get("personal_accuracy"), client_accuracy=scores.get("client_accuracy"),
+                  client_accuracy_std=scores.get("client_accuracy_std"))
 
 
 MODES = {"federated": federated, "local": local_only, "central": central}

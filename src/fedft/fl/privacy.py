@@ -224,12 +224,14 @@ def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels:
 NOISE_STREAM = 10 ** 6 + 6  # a tag no round number reaches: (seed, tag) never equals a client's (seed, round, 0)
 
 
-def client_dp(config: Config) -> ClientDP | None:
-    """The server's DP-FedAvg for dp.mode = client (noise calibrated to dp.target_epsilon if set), else None."""
+def client_dp(config: Config, num_clients: int | None = None) -> ClientDP | None:
+    """The server's DP-FedAvg for dp.mode = client (noise calibrated to dp.target_epsilon if set), else None.
+    `num_clients`: the clients the run really has (natural clients: as many as the data names), else
+    data.num_clients."""
     if config.dp.mode != "client":
         return None
     fl = config.fl
-    rate = fl.clients_per_round / config.data.num_clients
+    rate = fl.clients_per_round / (num_clients or config.data.num_clients)
     z = calibrate(config.dp.target_epsilon, config.dp.delta, rate, fl.rounds) if config.dp.target_epsilon \
         else config.dp.noise_multiplier
     return ClientDP(config.dp, fl.clients_per_round, rate, z, client_seed(fl.seed, NOISE_STREAM))
@@ -263,7 +265,7 @@ def client_level(b: Build) -> None:
     """dp.mode = client: the strategy is wrapped in DP-FedAvg's clipping and noise."""
     from fedft.fl.strategies.private import PrivateStrategy
 
-    dp = client_dp(b.exp.config)
+    dp = client_dp(b.exp.config, len(b.exp.clients))
     if dp is not None:
         b.fed.strategy = PrivateStrategy(b.fed.strategy, dp)
         b.record["dp"] = dp.describe(b.exp.config.fl.rounds)
