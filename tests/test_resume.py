@@ -66,7 +66,8 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny):
     {"method.name": "lora", "proxy.kind": "fedpft", "proxy.keep_layers": [0], "proxy.ffn_neurons": 8,
      "proxy.distill_steps": 3, "proxy.align_every": 2, "proxy.align_steps": 3},
     {"method.name": "bias", "fl.strategy": "scaffold", "fl.optimizer": "sgd", "fl.lr": 0.05, "fl.momentum": 0.5},
-], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft", "scaffold-sgd"])
+    {"method.name": "lora", "comm.dtype": "nf4", "fl.clients_per_round": 2},
+], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft", "scaffold-sgd", "nf4-error-feedback"])
 def test_resume_after_ctrl_c(tmp_path, tiny, server_text, extra):
     """Client DP's noise generator and adaptive clip with FedAvgM's momentum, the layer masks (re-chosen every 3
     rounds, so round 3 reuses round 1's), the per-client DP accountants, and FedPFT's sub-model FFNs re-aligned in
@@ -75,7 +76,8 @@ def test_resume_after_ctrl_c(tmp_path, tiny, server_text, extra):
     if "proxy.kind" in extra:
         extra = {**extra, "proxy.distill_data": f"file:{server_text}"}
     sets = tiny(**{"fl.rounds": 4, "fl.clients_per_round": 3, **extra})
-    fedft.run(load_config(None, sets), tmp_path / "whole")
+    fedft.run(load_config(None, sets), tmp_path / "whole")  # (nf4: 2 of 4 clients a round, so clients come back
+    # with error-feedback memory from before the cut)
 
     def stop_after_two(line):
         if line.startswith("round   2/"):

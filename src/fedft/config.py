@@ -287,10 +287,14 @@ class FLConfig:
 
 @dataclass
 class CommConfig:
-    dtype: str = doc("dtype of tensors on the wire: float32 | float16 | bfloat16", default="float32")
+    dtype: str = doc("tensors on the wire: float32 | float16 | bfloat16 | int8 (blockwise absmax, 64 values a "
+                     "block) | nf4 (4-bit NormalFloat, 64 a block); int8/nf4 clients send their update, quantised",
+                     default="float32")
+    error_feedback: bool = doc("int8/nf4: each client adds what quantisation dropped from its last update to its "
+                               "next one", default=True)
 
     def check(self) -> None:
-        _choice("comm.dtype", self.dtype, ("float32", "float16", "bfloat16"))
+        _choice("comm.dtype", self.dtype, ("float32", "float16", "bfloat16", "int8", "nf4"))
 
 
 @dataclass

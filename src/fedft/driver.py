@@ -51,7 +51,7 @@ def assemble(exp: Experiment, tick: Callable[[], None] = lambda: None, log=None,
     pool = Pool(exp.model, exp.params, exp.train, exp.clients, cfg, fl.seed, tick)
     strategy = STRATEGIES.get(fl.strategy, "fl.strategy")(fl, len(exp.clients))
     fed = Federation(exp.params, len(exp.clients), fl, strategy, OneByOne(pool),
-                     Channel(config.comm.dtype), evaluate=lambda: None,
+                     Channel(config.comm.dtype, config.comm.error_feedback), evaluate=lambda: None,
                      hooks=[Availability(fl, [len(c) for c in exp.clients]), Attack(fl, len(exp.clients)),
                             Validation(fl)], tick=tick, resume=resume)
     b = Build(exp, pool, fed, exp.test, {"feature_cache": None, "dp": None}, log=log or (lambda line: None))

@@ -5,7 +5,7 @@ Messages carry the trainable parameters only (ArrayRecord, float32: the server a
 back, as in the simulation, so bytes and rounding match `fedft run`). Run config keys: `fedft-config` (the
 experiment as JSON), `out` (the results folder on the SuperLink's host) and `resume` (continue the run there). Node config keys: `partition-id`
 (which client this node is), `num-partitions` (checked against data.num_clients), and optionally `data`
-(csv:PATH or imagefolder:PATH: this node's own training data instead of a partition of data.name).
+(csv:, tsv:, jsonl:, parquet:, hf: or imagefolder:PATH: this node's own training data instead of a partition of data.name).
 """
 from __future__ import annotations
 

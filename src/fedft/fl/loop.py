@@ -70,7 +70,8 @@ class Federation:
 
     def parts(self) -> dict:
         """Everything with checkpoint state, by a stable name."""
-        return {"strategy": self.strategy, "runner": self.runner,
+        channel = {"channel": self.channel} if self.channel.error_feedback else {}  # clients' quantisation memory
+        return {"strategy": self.strategy, "runner": self.runner, **channel,
                 **{f"hook:{type(h).__name__}": h for h in self.hooks}}
 
     def eval_round(self, rnd: int) -> bool:
