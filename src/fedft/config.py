@@ -292,9 +292,13 @@ class CommConfig:
                      default="float32")
     error_feedback: bool = doc("int8/nf4: each client adds what quantisation dropped from its last update to its "
                                "next one", default=True)
+    budget_mb: float = doc("upload budget of the run in MB (0 = none): the run ends cleanly after the round past "
+                           "which the next round's uploads would exceed it (results.json: upload_budget)", default=0.0)
 
     def check(self) -> None:
         _choice("comm.dtype", self.dtype, ("float32", "float16", "bfloat16", "int8", "nf4"))
+        if self.budget_mb < 0:
+            raise UsageError(f"comm.budget_mb = {self.budget_mb}: must be >= 0 (0 = no budget)")
 
 
 @dataclass

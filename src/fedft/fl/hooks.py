@@ -23,6 +23,7 @@ class RoundLog:
     bytes_up: int = 0
     bytes_down: int = 0
     fields: dict = field(default_factory=dict)
+    stop: str = ""  # a hook ends the run after this round (scored), saying why (comm.budget_mb)
 
 
 class Hook:

@@ -112,13 +112,15 @@ def federated(f: Federation) -> Iterator[Row]:
         load_state(f.params, global_state)
         for hook in f.hooks:
             hook.aggregated(rnd, global_state, updates, aggregated, log)
-        scores = f.evaluate() if f.eval_round(rnd) else {"accuracy": None, "loss": None}
+        scores = f.evaluate() if f.eval_round(rnd) or log.stop else {"accuracy": None, "loss": None}
         f.progress = {"round": rnd, "global": global_state, "sampler": sampler.bit_generator.state,
                       "parts": {name: part.state() for name, part in f.parts().items()}}
         yield Row(round=rnd, train_loss=mean_loss(updates), bytes_up=log.bytes_up, bytes_down=log.bytes_down,
                   clients=sampled, seconds=time.perf_counter() - t0,
                   sampled=len(sampled), returned=len(updates), aggregated=aggregated,
                   **scores, **log.fields, **f.strategy.summary(), **f.runner.summary())
+        if log.stop:  # a hook ended the run (its reason is in results.json through the hook's describe())
+            return
 
 
 def local_only(f: Federation) -> Iterator[Row]:
