@@ -19,6 +19,11 @@ from transformers import AutoModel, AutoTokenizer
 run, data = sys.argv[1], json.load(open(sys.argv[2]))
 info = json.load(open(f"{run}/export.json"))
 model = AutoModel.from_pretrained(info["base"])
+try:  # FedEx-LoRA folded residuals into the frozen weights: load them first
+    missing, unexpected = model.load_state_dict(load_file(f"{run}/base_weights.safetensors"), strict=False)
+    assert not unexpected, unexpected
+except FileNotFoundError:
+    pass
 if info["method"] == "lora":
     from peft import PeftModel
     model = PeftModel.from_pretrained(model, f"{run}/adapter")
@@ -53,10 +58,11 @@ def base(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("method", ["lora", "bias"])
-def test_exported_model_reproduces_the_accuracy_without_fedft(tmp_path, tiny, base, method):
+@pytest.mark.parametrize("method, extra", [("lora", {}), ("bias", {}), ("lora", {"method.variant": "fedex"})],
+                         ids=["lora", "bias", "lora-fedex"])
+def test_exported_model_reproduces_the_accuracy_without_fedft(tmp_path, tiny, base, method, extra):
     config = load_config(None, tiny(**{"model.name": str(base), "method.name": method, "fl.lr": 0.05,
-                                       "fl.rounds": 3, "fl.precision": "fp32"}))
+                                       "fl.rounds": 3, "fl.precision": "fp32", **extra}))
     result = fedft.run(config, tmp_path / "run")
     _, test = load_dataset(config.data)
     classes = json.loads((tmp_path / "run" / "export.json").read_text())["classes"]

@@ -108,6 +108,8 @@ class MethodConfig:
                      default=False)
     head_init: str = doc("classifier start: random | text (CLIP only: the class names' normalised text embeddings)",
                          default="random")
+    variant: str = doc("lora: how the server aggregates LoRA: fedavg (average A and B) | fedex (FedEx-LoRA: also "
+                       "fold the residual mean(BA) - mean(B)mean(A) into the frozen weights, exact)", default="fedavg")
     ffa: bool = doc("lora: FFA-LoRA, train only B and keep A frozen at its random init (holds up better under DP)",
                     default=False)
     inner: str = doc("layers: what a selected layer trains: full (all its parameters) | bias | lora", default="full")
@@ -137,6 +139,7 @@ class MethodConfig:
         _choice("method.head_init", self.head_init, ("random", "text"))
         _choice("method.inner", self.inner, ("full", "bias", "lora"))
         _choice("method.select", self.select, ("top", "bottom", "random", "gradient"))
+        _choice("method.variant", self.variant, ("fedavg", "fedex"))
         _choice("method.importance", self.importance, ("gn", "rgn", "snr"))
         _at_least("method.budget", self.budget, 1)
         _at_least("method.budget_min", self.budget_min, 1)
@@ -418,6 +421,21 @@ class Config:
         if self.fl.min_clients > self.fl.clients_per_round:
             raise UsageError(f"fl.min_clients = {self.fl.min_clients}: must be <= fl.clients_per_round "
                              f"({self.fl.clients_per_round})")
+        if self.method.variant != "fedavg":
+            v = f"method.variant = {self.method.variant!r}"
+            if self.method.name != "lora":
+                raise UsageError(f"{v} is a lora option; method.name = {self.method.name!r}")
+            if self.fl.strategy not in ("fedavg", "fedprox"):
+                raise UsageError(f"{v} folds the residual of the data-weighted means of A and B: it needs fl.strategy "
+                                 f"= 'fedavg' or 'fedprox' (not {self.fl.strategy!r})")
+            if self.dp.mode == "client":
+                raise UsageError(f"{v} with dp.mode = 'client': the residual needs each client's own factors, which "
+                                 f"DP-FedAvg releases only as a noised mean")
+            if self.proxy.kind != "none":
+                raise UsageError(f"{v} with proxy.kind: the residual would change the sub-model's frozen weights, not "
+                                 f"the full model's; not supported")
+            if self.fl.mode != "federated":
+                raise UsageError(f"{v} is an aggregation rule: it needs fl.mode = 'federated'")
         if self.method.ffa and self.method.name != "lora":
             raise UsageError(f"method.ffa = true is a lora option; method.name = {self.method.name!r}")
         if self.dp.mode == "sample" and self.fl.strategy == "fedprox":
