@@ -62,3 +62,31 @@ def test_fedex_refusals(tiny, extra, message):
 
     with pytest.raises(UsageError, match=message):
         load_config(None, tiny(**{"method.variant": "fedex", **extra}))
+
+
+def test_rolora_alternates_b_then_a_and_uploads_one_factor(tiny, tmp_path):
+    """Odd rounds train and send B (A fixed, since B starts at zero), even rounds A; the head every round."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for variant in ("fedavg", "rolora"):
+        result = fedft.run(load_config(None, tiny(**{"method.variant": variant, "fl.rounds": 2, "fl.eval_every": 2})),
+                           tmp_path / variant)
+        runs[variant] = json.loads((result.out_dir / "results.json").read_text())
+    up = [r["bytes_up"] for r in runs["rolora"]["rounds"]]
+    assert all(u < f for u, f in zip(up, [r["bytes_up"] for r in runs["fedavg"]["rounds"]]))
+    exp = prepare(load_config(None, tiny(**{"method.variant": "rolora"})))
+    from fedft.methods.lora_rolora import trained
+
+    names = list(exp.params)
+    odd, even = trained(names, 1), trained(names, 2)
+    assert not any(".lora_A." in n for n in odd) and any(".lora_B." in n for n in odd)
+    assert not any(".lora_B." in n for n in even) and any(".lora_A." in n for n in even)
+    assert {n for n in names if "lora" not in n} <= set(odd) & set(even)  # the head trains every round
+
+
+def test_rolora_with_client_dp_is_refused_in_one_line(tiny):
+    from fedft.errors import UsageError
+
+    with pytest.raises(UsageError, match="a RoLoRA round sends one factor"):
+        load_config(None, tiny(**{"method.variant": "rolora", "dp.mode": "client", "dp.noise_multiplier": 0.5}))

@@ -55,6 +55,8 @@ def check_deployable(config: Config) -> None:
         raise UsageError(f"dp.mode = 'sample' {where}; client-level DP (dp.mode = 'client') works on Flower")
     if config.fl.strategy == "scaffold":
         raise UsageError(f"fl.strategy = 'scaffold' {where}: its control variates are not sent over Flower yet")
+    if config.method.variant == "rolora":
+        raise UsageError(f"method.variant = 'rolora' {where}: which factor a round trains is not sent over Flower yet")
     if config.method.variant == "fedex":
         raise UsageError(f"method.variant = 'fedex' {where}: each node keeps its own frozen weights, which the folded "
                          f"residual is not sent to over Flower yet")
