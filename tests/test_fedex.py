@@ -66,7 +66,6 @@ def test_fedex_refusals(tiny, extra, message):
 
 def test_rolora_alternates_b_then_a_and_uploads_one_factor(tiny, tmp_path):
     """Odd rounds train and send B (A fixed, since B starts at zero), even rounds A; the head every round."""
-    from safetensors.torch import load_file
 
     runs = {}
     for variant in ("fedavg", "rolora"):
