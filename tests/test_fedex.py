@@ -87,5 +87,35 @@ def test_rolora_alternates_b_then_a_and_uploads_one_factor(tiny, tmp_path):
 def test_rolora_with_client_dp_is_refused_in_one_line(tiny):
     from fedft.errors import UsageError
 
-    with pytest.raises(UsageError, match="a RoLoRA round sends one factor"):
+    with pytest.raises(UsageError, match="these clients send only part of theirs"):
         load_config(None, tiny(**{"method.variant": "rolora", "dp.mode": "client", "dp.noise_multiplier": 0.5}))
+
+
+def test_fedsa_clients_keep_their_own_b_and_send_only_a(tiny, tmp_path):
+    """B never travels: uploads are smaller than FedAvg's, the global B stays at its initialisation, and each
+    client's own model (global A, its own B) is scored on its own held-out rows."""
+    from fedft.driver import assemble
+    from fedft.methods.lora_fedsa import KeepB
+
+    runs = {}
+    for variant in ("fedavg", "fedsa"):
+        sets = tiny(**{"method.variant": variant, "fl.rounds": 3, "data.client_test_fraction": 0.25,
+                       "fl.lr": 0.05})
+        result = fedft.run(load_config(None, sets), tmp_path / variant)
+        runs[variant] = json.loads((result.out_dir / "results.json").read_text())
+    for fa, sa in zip(runs["fedavg"]["rounds"], runs["fedsa"]["rounds"]):
+        assert sa["bytes_up"] < fa["bytes_up"] and sa["bytes_down"] < fa["bytes_down"]
+    assert runs["fedsa"]["final"]["client_accuracy"] is not None
+
+    exp = prepare(load_config(None, tiny(**{"method.variant": "fedsa", "fl.rounds": 2, "fl.lr": 0.05})))
+    b = assemble(exp)
+    from fedft.fl.loop import federated
+
+    init_b = {k: v.detach().clone() for k, v in exp.params.items() if ".lora_B." in k}
+    rows = list(federated(b.fed))
+    assert len(rows) == 2
+    hook = next(h for h in b.fed.hooks if isinstance(h, KeepB))
+    assert hook.own and all(set(own) == set(init_b) for own in hook.own.values())
+    for k, v in init_b.items():  # the server's B never moved; the clients' own did
+        assert torch.equal(exp.params[k].detach(), v)
+        assert any(not torch.equal(own[k], v) for own in hook.own.values())

@@ -110,7 +110,8 @@ class MethodConfig:
                          default="random")
     variant: str = doc("lora: how the server aggregates LoRA: fedavg (average A and B) | fedex (FedEx-LoRA: also "
                        "fold the residual mean(BA) - mean(B)mean(A) into the frozen weights, exact) | rolora (RoLoRA: "
-                       "rounds alternate between training and sending B and A)", default="fedavg")
+                       "rounds alternate between training and sending B and A) | fedsa (FedSA-LoRA: clients share A and keep "
+                       "their own B)", default="fedavg")
     ffa: bool = doc("lora: FFA-LoRA, train only B and keep A frozen at its random init (holds up better under DP)",
                     default=False)
     inner: str = doc("layers: what a selected layer trains: full (all its parameters) | bias | lora", default="full")
@@ -140,7 +141,7 @@ class MethodConfig:
         _choice("method.head_init", self.head_init, ("random", "text"))
         _choice("method.inner", self.inner, ("full", "bias", "lora"))
         _choice("method.select", self.select, ("top", "bottom", "random", "gradient"))
-        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora"))
+        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora", "fedsa"))
         _choice("method.importance", self.importance, ("gn", "rgn", "snr"))
         _at_least("method.budget", self.budget, 1)
         _at_least("method.budget_min", self.budget_min, 1)
@@ -432,9 +433,9 @@ class Config:
             if self.fl.strategy in ("median", "trimmed_mean", "krum", "scaffold"):
                 raise UsageError(f"{v} with fl.strategy = {self.fl.strategy!r}: not supported; use fedavg, fedprox, "
                                  f"fedavgm or fedadam")
-            if self.method.variant == "rolora" and self.dp.mode == "client":
+            if self.method.variant in ("rolora", "fedsa") and self.dp.mode == "client":
                 raise UsageError(f"{v} with dp.mode = 'client': DP-FedAvg here clips and noises every parameter of "
-                                 f"the update, and a RoLoRA round sends one factor; not supported yet")
+                                 f"the update, and these clients send only part of theirs; not supported yet")
             if self.method.variant == "fedex" and self.dp.mode == "client":
                 raise UsageError(f"{v} with dp.mode = 'client': the residual needs each client's own factors, which "
                                  f"DP-FedAvg releases only as a noised mean")

@@ -57,6 +57,8 @@ def check_deployable(config: Config) -> None:
         raise UsageError(f"fl.strategy = 'scaffold' {where}: its control variates are not sent over Flower yet")
     if config.method.variant == "rolora":
         raise UsageError(f"method.variant = 'rolora' {where}: which factor a round trains is not sent over Flower yet")
+    if config.method.variant == "fedsa":
+        raise UsageError(f"method.variant = 'fedsa' {where}: the nodes do not keep their own B between rounds yet")
     if config.method.variant == "fedex":
         raise UsageError(f"method.variant = 'fedex' {where}: each node keeps its own frozen weights, which the folded "
                          f"residual is not sent to over Flower yet")

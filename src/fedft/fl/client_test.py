@@ -44,6 +44,8 @@ def client_test(b) -> None:
 
     def evaluate(cid=None):
         out = plain(cid)
+        if "client_accuracy" in out:  # a method scored its clients' own models itself (FedSA-LoRA)
+            return out
         # the training rows as clients train on them (cached features where the cache is on); a proxy run scores
         # the full model, with the trained parameters plugged in, as its global test accuracy does
         model, data = (exp.model, b.pool.data) if exp.proxy is None else (exp.server_model(), exp.train)
