@@ -11,7 +11,7 @@ from fedft.config import load_config
 from fedft.driver import assemble
 from fedft.fl.client import load_state, read_state
 from fedft.fl.messages import Update
-from fedft.methods.lora_fedex import lora_pairs
+from fedft.methods.lora_fold import lora_pairs
 
 
 def test_effective_weight_is_the_exact_weighted_mean_of_the_clients_updates(tiny):
@@ -46,9 +46,9 @@ def test_fedex_run_counts_the_dense_residual_going_down(tiny, tmp_path):
         data = json.loads((result.out_dir / "results.json").read_text())
         sent[variant] = (data["final"]["bytes_up"], data["final"]["bytes_down"])
     assert sent["fedex"][0] == sent["fedavg"][0]
-    assert data["fedex"]["folds"] == 3 and data["fedex"]["dense_payload_bytes"] > 0
+    assert data["fedex"]["folds"] == 3 and data["fedex"]["fold_bytes"] > 0
     # rounds 2 and 3: each of the 2 sampled clients missed at least the previous fold
-    assert sent["fedex"][1] == sent["fedavg"][1] + 4 * data["fedex"]["dense_payload_bytes"]
+    assert sent["fedex"][1] == sent["fedavg"][1] + 4 * data["fedex"]["fold_bytes"]
     assert (result.out_dir / "base_weights.safetensors").is_file()
 
 
@@ -119,3 +119,37 @@ def test_fedsa_clients_keep_their_own_b_and_send_only_a(tiny, tmp_path):
     for k, v in init_b.items():  # the server's B never moved; the clients' own did
         assert torch.equal(exp.params[k].detach(), v)
         assert any(not torch.equal(own[k], v) for own in hook.own.values())
+
+
+def test_flora_merges_the_exact_weighted_product_and_restarts_lora(tiny):
+    exp = prepare(load_config(None, tiny(**{"method.variant": "flora", "method.rank": 4})))
+    b = assemble(exp)
+    pairs = lora_pairs(exp.params)
+    start = read_state(exp.params)
+    base0 = {pre: exp.model.get_parameter(pre + ".base_layer.weight").detach().clone() for _, _, pre in pairs}
+    g = torch.Generator().manual_seed(2)
+    sizes = [3, 11, 29]
+    updates = [Update(cid=i, state={k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in start.items()},
+                      num_examples=n) for i, n in enumerate(sizes)]
+    new = b.fed.strategy.aggregate(1, start, updates)
+    p = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
+    for a, bk, pre in pairs:
+        s = float(exp.model.get_submodule(pre).scaling["default"])
+        w = exp.model.get_parameter(pre + ".base_layer.weight").double()
+        want = base0[pre].double() + s * sum(pi * u.state[bk].double() @ u.state[a].double()
+                                             for pi, u in zip(p, updates))
+        assert torch.allclose(w, want, atol=1e-6, rtol=0)
+        assert torch.equal(new[bk], torch.zeros_like(new[bk]))  # a fresh LoRA: B zero, A drawn anew
+        assert not torch.equal(new[a], start[a]) and new[a].abs().max() <= 1 / new[a].shape[1] ** 0.5
+
+
+def test_flora_counts_the_stacked_factors_going_down(tiny, tmp_path):
+    sent = {}
+    for variant in ("fedavg", "flora"):
+        result = fedft.run(load_config(None, tiny(**{"method.variant": variant, "fl.rounds": 3})), tmp_path / variant)
+        data = json.loads((result.out_dir / "results.json").read_text())
+        sent[variant] = [(r["bytes_up"], r["bytes_down"]) for r in data["rounds"]]
+    assert [u for u, _ in sent["flora"]] == [u for u, _ in sent["fedavg"]]
+    assert sent["flora"][0][1] == sent["fedavg"][0][1]  # nothing merged before round 1
+    assert all(f[1] > a[1] for f, a in zip(sent["flora"][1:], sent["fedavg"][1:]))
+    assert data["flora"]["folds"] == 3 and (result.out_dir / "base_weights.safetensors").is_file()

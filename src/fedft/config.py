@@ -111,7 +111,8 @@ class MethodConfig:
     variant: str = doc("lora: how the server aggregates LoRA: fedavg (average A and B) | fedex (FedEx-LoRA: also "
                        "fold the residual mean(BA) - mean(B)mean(A) into the frozen weights, exact) | rolora (RoLoRA: "
                        "rounds alternate between training and sending B and A) | fedsa (FedSA-LoRA: clients share A and keep "
-                       "their own B)", default="fedavg")
+                       "their own B) | flora (FLoRA: stack the clients' factors, merge their product into the frozen weights, "
+                       "a fresh LoRA each round)", default="fedavg")
     ffa: bool = doc("lora: FFA-LoRA, train only B and keep A frozen at its random init (holds up better under DP)",
                     default=False)
     inner: str = doc("layers: what a selected layer trains: full (all its parameters) | bias | lora", default="full")
@@ -141,7 +142,7 @@ class MethodConfig:
         _choice("method.head_init", self.head_init, ("random", "text"))
         _choice("method.inner", self.inner, ("full", "bias", "lora"))
         _choice("method.select", self.select, ("top", "bottom", "random", "gradient"))
-        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora", "fedsa"))
+        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora", "fedsa", "flora"))
         _choice("method.importance", self.importance, ("gn", "rgn", "snr"))
         _at_least("method.budget", self.budget, 1)
         _at_least("method.budget_min", self.budget_min, 1)
@@ -427,7 +428,7 @@ class Config:
             v = f"method.variant = {self.method.variant!r}"
             if self.method.name != "lora":
                 raise UsageError(f"{v} is a lora option; method.name = {self.method.name!r}")
-            if self.method.variant == "fedex" and self.fl.strategy not in ("fedavg", "fedprox"):
+            if self.method.variant in ("fedex", "flora") and self.fl.strategy not in ("fedavg", "fedprox"):
                 raise UsageError(f"{v} folds the residual of the data-weighted means of A and B: it needs fl.strategy "
                                  f"= 'fedavg' or 'fedprox' (not {self.fl.strategy!r})")
             if self.fl.strategy in ("median", "trimmed_mean", "krum", "scaffold"):
@@ -436,10 +437,10 @@ class Config:
             if self.method.variant in ("rolora", "fedsa") and self.dp.mode == "client":
                 raise UsageError(f"{v} with dp.mode = 'client': DP-FedAvg here clips and noises every parameter of "
                                  f"the update, and these clients send only part of theirs; not supported yet")
-            if self.method.variant == "fedex" and self.dp.mode == "client":
+            if self.method.variant in ("fedex", "flora") and self.dp.mode == "client":
                 raise UsageError(f"{v} with dp.mode = 'client': the residual needs each client's own factors, which "
                                  f"DP-FedAvg releases only as a noised mean")
-            if self.method.variant == "fedex" and self.proxy.kind != "none":
+            if self.method.variant in ("fedex", "flora") and self.proxy.kind != "none":
                 raise UsageError(f"{v} with proxy.kind: the residual would change the sub-model's frozen weights, not "
                                  f"the full model's; not supported")
             if self.fl.mode != "federated":

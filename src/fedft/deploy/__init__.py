@@ -59,8 +59,8 @@ def check_deployable(config: Config) -> None:
         raise UsageError(f"method.variant = 'rolora' {where}: which factor a round trains is not sent over Flower yet")
     if config.method.variant == "fedsa":
         raise UsageError(f"method.variant = 'fedsa' {where}: the nodes do not keep their own B between rounds yet")
-    if config.method.variant == "fedex":
-        raise UsageError(f"method.variant = 'fedex' {where}: each node keeps its own frozen weights, which the folded "
+    if config.method.variant in ("fedex", "flora"):
+        raise UsageError(f"method.variant = {config.method.variant!r} {where}: each node keeps its own frozen weights, which the folded "
                          f"residual is not sent to over Flower yet")
     if config.deploy.secagg:
         if config.dp.mode != "none":
