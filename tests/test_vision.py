@@ -87,7 +87,7 @@ def test_text_head_needs_pooler_pooling(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     ({"data.image_size": 30}, "data.image_size = 30: model 'tiny-vit' takes a multiple of its patch size 7"),
-    ({"data.name": '"wordnet-nouns"'}, "is a text data set but model.name = 'tiny-vit' is an image model; use fashion-mnist"),
+    ({"data.name": '"wordnet-nouns"'}, "is a text data set but model.name = 'tiny-vit' is an image model; use digits or fashion-mnist or imagefolder:PATH, or a file"),
 ])
 def test_bad_image_settings(tmp_path, capsys, extra, message):
     args = [a for o in image_overrides("tiny-vit", **extra) for a in ("--set", o)]

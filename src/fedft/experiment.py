@@ -91,7 +91,7 @@ def to_examples(raw, backbone: Backbone, config: Config):
         sets = sources_of(backbone.modality)
         article = {"text": "a text", "image": "an image"}
         raise UsageError(f"data.name = {config.data.name!r} is {article[kind]} data set but model.name = "
-                         f"{config.model.name!r} is {article[backbone.modality]} model; use {' or '.join(sets)}")
+                         f"{config.model.name!r} is {article[backbone.modality]} model; use {sets}")
     if kind == "text":
         prompt = config.method.prompt_length if config.method.name == "prompt" else 0
         limit = getattr(backbone.model.config, "max_position_embeddings", None)

@@ -76,11 +76,15 @@ def load_dataset(cfg: DataConfig):
     return got.train, got.test
 
 
-def sources_of(kind: str) -> list[str]:
-    """The data.name forms of every source giving `kind` (text | image) data; file sources give either."""
+def sources_of(kind: str) -> str:
+    """The data.name forms that give `kind` (text | image) data, for a message: the built-in sets, then the files."""
     from fedft.data.sources import SOURCES
 
-    return [s.shown for s in map(lambda n: SOURCES.get(n, ""), SOURCES.names()) if s.kind in (kind, "table")]
+    sources = [SOURCES.get(n, "") for n in SOURCES.names()]
+    own = [s.shown for s in sources if s.kind == kind]
+    files = ", ".join(f"{s.name}:" for s in sources if s.kind == "table")
+    column = "a text column (data.text_column)" if kind == "text" else "an image column (data.image_column)"
+    return f"{' or '.join(own)}, or a file ({files}PATH) with {column}"
 
 
 def stratified_split(labels: np.ndarray, n_test: list[int], n_train: list[int], seed: int = 0
