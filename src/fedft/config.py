@@ -98,6 +98,10 @@ class MethodConfig:
     name: str = doc("tuning method: full | head | bias | lora | dora | adapter | prompt | layers (selective layers)",
                     default="lora")
     rank: int = doc("lora: rank r of the low-rank update", default=8)
+    rank_min: int = doc("lora, heterogeneous ranks: each client's rank drawn once (seeded) from rank_min..rank_max",
+                        default=1)
+    rank_max: int = doc("lora: upper end of the heterogeneous ranks (0 = every client has method.rank); the global "
+                        "LoRA has this rank and alpha / rank_max its scaling", default=0)
     alpha: float = doc("lora: scaling alpha (update scaled by alpha / rank)", default=16.0)
     dropout: float = doc("lora: dropout on the LoRA input", default=0.0)
     targets: list[str] = doc("lora: module names to adapt ([] = the architecture's attention query/value)",
@@ -112,7 +116,8 @@ class MethodConfig:
                        "fold the residual mean(BA) - mean(B)mean(A) into the frozen weights, exact) | rolora (RoLoRA: "
                        "rounds alternate between training and sending B and A) | fedsa (FedSA-LoRA: clients share A and keep "
                        "their own B) | flora (FLoRA: stack the clients' factors, merge their product into the frozen weights, "
-                       "a fresh LoRA each round)", default="fedavg")
+                       "a fresh LoRA each round) | flexlora (FlexLoRA: the weighted mean of the clients' products, each client "
+                       "given its truncated SVD at its own rank)", default="fedavg")
     ffa: bool = doc("lora: FFA-LoRA, train only B and keep A frozen at its random init (holds up better under DP)",
                     default=False)
     inner: str = doc("layers: what a selected layer trains: full (all its parameters) | bias | lora", default="full")
@@ -142,7 +147,14 @@ class MethodConfig:
         _choice("method.head_init", self.head_init, ("random", "text"))
         _choice("method.inner", self.inner, ("full", "bias", "lora"))
         _choice("method.select", self.select, ("top", "bottom", "random", "gradient"))
-        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora", "fedsa", "flora"))
+        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora", "fedsa", "flora", "flexlora"))
+        _at_least("method.rank_min", self.rank_min, 1)
+        _at_least("method.rank_max", self.rank_max, 0)
+        if self.rank_max and self.rank_max < self.rank_min:
+            raise UsageError(f"method.rank_max = {self.rank_max}: must be >= method.rank_min ({self.rank_min})")
+        if self.rank_max and self.variant not in ("fedavg", "flexlora"):
+            raise UsageError(f"method.rank_max with method.variant = {self.variant!r}: heterogeneous ranks are "
+                             f"aggregated by fedavg (zero-padding) or flexlora")
         _choice("method.importance", self.importance, ("gn", "rgn", "snr"))
         _at_least("method.budget", self.budget, 1)
         _at_least("method.budget_min", self.budget_min, 1)
@@ -424,11 +436,13 @@ class Config:
         if self.fl.min_clients > self.fl.clients_per_round:
             raise UsageError(f"fl.min_clients = {self.fl.min_clients}: must be <= fl.clients_per_round "
                              f"({self.fl.clients_per_round})")
+        if self.method.rank_max and (self.method.name != "lora" or self.proxy.kind != "none"):
+            raise UsageError("method.rank_max (heterogeneous ranks) is a lora option, without proxy.kind")
         if self.method.variant != "fedavg":
             v = f"method.variant = {self.method.variant!r}"
             if self.method.name != "lora":
                 raise UsageError(f"{v} is a lora option; method.name = {self.method.name!r}")
-            if self.method.variant in ("fedex", "flora") and self.fl.strategy not in ("fedavg", "fedprox"):
+            if self.method.variant in ("fedex", "flora", "flexlora") and self.fl.strategy not in ("fedavg", "fedprox"):
                 raise UsageError(f"{v} folds the residual of the data-weighted means of A and B: it needs fl.strategy "
                                  f"= 'fedavg' or 'fedprox' (not {self.fl.strategy!r})")
             if self.fl.strategy in ("median", "trimmed_mean", "krum", "scaffold"):
@@ -437,10 +451,10 @@ class Config:
             if self.method.variant in ("rolora", "fedsa") and self.dp.mode == "client":
                 raise UsageError(f"{v} with dp.mode = 'client': DP-FedAvg here clips and noises every parameter of "
                                  f"the update, and these clients send only part of theirs; not supported yet")
-            if self.method.variant in ("fedex", "flora") and self.dp.mode == "client":
+            if self.method.variant in ("fedex", "flora", "flexlora") and self.dp.mode == "client":
                 raise UsageError(f"{v} with dp.mode = 'client': the residual needs each client's own factors, which "
                                  f"DP-FedAvg releases only as a noised mean")
-            if self.method.variant in ("fedex", "flora") and self.proxy.kind != "none":
+            if self.method.variant in ("fedex", "flora", "flexlora") and self.proxy.kind != "none":
                 raise UsageError(f"{v} with proxy.kind: the residual would change the sub-model's frozen weights, not "
                                  f"the full model's; not supported")
             if self.fl.mode != "federated":

@@ -21,7 +21,8 @@ class Lora(Method):
         from peft import LoraConfig, get_peft_model
 
         targets = self.cfg.targets or lookup(LORA_TARGETS, model.backbone.config.model_type, "method 'lora'")
-        config = LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
+        rank = self.cfg.rank_max or self.cfg.rank  # heterogeneous ranks: the global LoRA has the largest (lora_ranks.py)
+        config = LoraConfig(r=rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
                             target_modules=targets, modules_to_save=["head"], use_dora=self.use_dora)
         try:
             model = get_peft_model(model, config)
