@@ -54,8 +54,8 @@ class DataConfig:
                           default="keep")
     test: str = doc("file sources: a given test set (csv:PATH, ... or a path whose suffix names the format; the "
                     "same columns); empty = hold out data.test_fraction of each class", default="")
-    num_clients: int = doc("number of clients the training set is split over (natural: 0 = every client found, "
-                           "fewer = that many, sampled with fl.seed)", default=50)
+    num_clients: int = doc("number of clients the training set is split over (natural: every client found, unless "
+                           "set to fewer, which samples that many with fl.seed)", default=50)
     partition: str = doc("how the training set is split: iid | dirichlet | pathological | natural (one client per "
                          "value of data.client_column)", default="dirichlet")
     alpha: float = doc("Dirichlet concentration over labels (smaller = more skewed)", default=0.5)

@@ -60,7 +60,8 @@ def partition(labels: np.ndarray, cfg: DataConfig, seed: int, groups: np.ndarray
 def natural(labels: np.ndarray, cfg: DataConfig, seed: int, groups: np.ndarray | None,
             group_names: list[str]) -> list[np.ndarray]:
     """One client per value of data.client_column (flwr-datasets' NaturalIdPartitioner), in the order of the values
-    (integers by value, else by text); data.num_clients below the number found keeps that many, seeded."""
+    (integers by value, else by text); data.num_clients set below the number found keeps that many, seeded (0, or
+    the default left as it is, keeps them all)."""
     import datasets
     from flwr_datasets.partitioner import NaturalIdPartitioner
 
@@ -71,7 +72,8 @@ def natural(labels: np.ndarray, cfg: DataConfig, seed: int, groups: np.ndarray |
     part = NaturalIdPartitioner(partition_by="client")
     part.dataset = ds
     chosen = list(range(len(group_names)))
-    if 0 < cfg.num_clients < len(chosen):
+    asked = 0 if cfg.num_clients == DataConfig().num_clients else cfg.num_clients  # the default: every client found
+    if 0 < asked < len(chosen):
         chosen = sorted(np.random.default_rng(seed).choice(len(chosen), cfg.num_clients, replace=False).tolist())
     with contextlib.redirect_stderr(io.StringIO()):  # its progress bar cannot be turned off
         by_group = {part.partition_id_to_natural_id[i]: i for i in range(part.num_partitions)}
