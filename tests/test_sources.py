@@ -285,3 +285,27 @@ def test_bad_data_on_the_command_line_exits_2_and_writes_nothing(tmp_path, tiny,
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedft: error: ") and "no column 'label'" in err and "\n" not in err
     assert not out.exists()
+
+
+def test_few_shot_caps_apply_to_natural_clients(files):
+    cfg = DataConfig(name=f"csv:{files['csv']}", partition="natural", shots=1, **MAPPED)
+    d = load_data(cfg)
+    clients = partition(d.train.labels, cfg, seed=0, groups=d.groups, group_names=d.group_names)
+    for k, idx in enumerate(clients):
+        assert np.all(d.groups[idx] == k)  # still only the site's own rows
+        assert np.bincount(d.train.labels[idx]).max() == 1  # at most one example of each class
+
+
+def test_image_column_of_mixed_sizes_names_both_rows(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    encoded = []
+    for size in (8, 8, 10, 8):
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((size, size), dtype=np.uint8)).save(buf, format="PNG")
+        encoded.append(buf.getvalue())
+    pq.write_table(pa.table({"image": encoded, "label": ["a", "b", "a", "b"]}), tmp_path / "mixed.parquet")
+    with pytest.raises(UsageError, match="images of different sizes: row 1 is 8x8 but row 3 is 10x10"):
+        load_data(DataConfig(name=f"parquet:{tmp_path / 'mixed.parquet'}"))
