@@ -31,7 +31,7 @@ def test_int_given_for_float_is_accepted():
     (["data.alpha=-1"], ["data.alpha", "> 0"]),
     (["fl.clients_per_round=60"], ["fl.clients_per_round = 60", "data.num_clients (50)"]),
     (["data.partition=random"], ["data.partition", "iid, dirichlet, pathological"]),
-    (["comm.dtype=int8"], ["comm.dtype", "float32, float16, bfloat16"]),
+    (["comm.dtype=int4"], ["comm.dtype", "float32, float16, bfloat16, int8, nf4"]),
     (["method.deep=maybe"], ["method.deep", "true or false"]),
     (["rounds=3"], ["section.key=value"]),
 ])
