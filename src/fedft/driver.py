@@ -55,7 +55,7 @@ def assemble(exp: Experiment, tick: Callable[[], None] = lambda: None, log=None,
                      hooks=[Availability(fl, [len(c) for c in exp.clients]), Attack(fl, len(exp.clients)),
                             Validation(fl)], tick=tick, resume=resume)
     b = Build(exp, pool, fed, exp.test, {"feature_cache": None, "dp": None}, log=log or (lambda line: None))
-    profiles = exp.task.profiles(exp.train, exp.clients)  # what the personal score weighs by
+    profiles = b.profiles = exp.task.profiles(exp.train, exp.clients)  # what the personal score weighs by
     fed.evaluate = lambda cid=None: exp.task.evaluate(exp.model, b.test, precision=pool.cfg.precision,
                                                       profiles=_of(profiles, cid))
     for package in PART_PACKAGES:

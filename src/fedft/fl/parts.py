@@ -32,3 +32,4 @@ class Build:
     final: dict = field(default_factory=dict)  # entries of results.json's "final"
     log: Callable[[str], None] = lambda line: None
     cacheable: bool = True  # may the frozen backbone's features be cached (a proxy run says no)
+    profiles: object = None  # the task's client profiles (classification: label shares), for the personal score

@@ -84,7 +84,6 @@ def proxy_run(b) -> None:
     b.exp.proxy.precision = b.pool.cfg.precision
     hook = ProxyHook(b.exp.proxy, b.pool, b.exp.config.fl.rounds)
     b.fed.hooks.append(hook)
-    profiles = b.exp.task.profiles(b.exp.train, b.exp.clients)
-    b.fed.evaluate = lambda cid=None: hook.evaluate(b.exp.task, b.pool.cfg.precision, profiles)
+    b.fed.evaluate = lambda cid=None: hook.evaluate(b.exp.task, b.pool.cfg.precision, b.profiles)
     b.cacheable = False  # the full model is scored on raw inputs
     b.final["full_model_params"] = count_parameters(b.exp.proxy.full)
