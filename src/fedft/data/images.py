@@ -125,6 +125,24 @@ def read_image(source, key: str, where: str) -> tuple[np.ndarray, str]:
         raise UsageError(f"{key}: cannot read image {where} ({str(e).splitlines()[0]})") from None
 
 
+class SameImages:
+    """Checks that every image has the first one's size and colour mode; `where` names each image in the message."""
+
+    def __init__(self, key: str) -> None:
+        self.key, self.first = key, None
+
+    def check(self, arr: np.ndarray, mode: str, where: str) -> None:
+        if self.first is None:
+            self.first = (arr.shape[:2], mode, where)
+        shape, first_mode, first = self.first
+        if mode != first_mode:
+            raise UsageError(f"{self.key}: grayscale/RGB mismatch: {first} is {first_mode} but {where} is {mode}; "
+                             f"convert them to one mode")
+        if arr.shape[:2] != shape:
+            raise UsageError(f"{self.key}: images of different sizes: {first} is {shape[1]}x{shape[0]} but {where} "
+                             f"is {arr.shape[1]}x{arr.shape[0]}; resize them to one size")
+
+
 def load_image_folder(path_text: str, test_fraction: float):
     """imagefolder:PATH, one sub-folder per class (hidden folders such as .ipynb_checkpoints are skipped). All
     images must share one size and one colour mode."""
@@ -135,21 +153,14 @@ def load_image_folder(path_text: str, test_fraction: float):
     if not root.is_dir():
         raise UsageError(f"{key}: folder does not exist")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    arrays, labels, shape, mode = [], [], None, None
+    arrays, labels, mode, same = [], [], None, SameImages(key)
     for label, cls in enumerate(classes):
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
                 continue
             where = str(f.relative_to(root))
-            arr, im_mode = read_image(f, key, where)
-            if mode is None:
-                shape, mode, first = arr.shape[:2], im_mode, where
-            if im_mode != mode:
-                raise UsageError(f"{key}: grayscale/RGB mismatch: {first} is {mode} but {where} is {im_mode}; "
-                                 f"convert them to one mode")
-            if arr.shape[:2] != shape:
-                raise UsageError(f"{key}: images of different sizes: {first} is {shape[1]}x{shape[0]} but {where} "
-                                 f"is {arr.shape[1]}x{arr.shape[0]}; resize them to one size")
+            arr, mode = read_image(f, key, where)
+            same.check(arr, mode, where)
             arrays.append(arr)
             labels.append(label)
     if not arrays:

@@ -194,9 +194,9 @@ def _fold_case(values: list[str], mode: str, key: str, column: str) -> list[str]
 def _decode_images(cells: list, key: str, base: Path, rows: list[int]) -> torch.Tensor:
     """Image cells (encoded bytes, {"bytes", "path"} as a datasets Image feature stores them, or a file path
     relative to the data file) -> (N, C, H, W) uint8; one size and one colour mode for all."""
-    from fedft.data.images import read_image
+    from fedft.data.images import SameImages, read_image
 
-    arrays, shape, mode, first = [], None, None, None
+    arrays, mode, same = [], None, SameImages(key)
     for cell, row in zip(cells, rows):
         where = f"row {row + 1}"
         if isinstance(cell, dict):
@@ -207,15 +207,8 @@ def _decode_images(cells: list, key: str, base: Path, rows: list[int]) -> torch.
             p = Path(str(cell))
             source = p if p.is_absolute() else base / p
             where += f" ({cell})"
-        arr, im_mode = read_image(source, key, where)
-        if mode is None:
-            shape, mode, first = arr.shape[:2], im_mode, where
-        if im_mode != mode:
-            raise UsageError(f"{key}: grayscale/RGB mismatch: {first} is {mode} but {where} is {im_mode}; convert "
-                             f"them to one mode")
-        if arr.shape[:2] != shape:
-            raise UsageError(f"{key}: images of different sizes: {first} is {shape[1]}x{shape[0]} but {where} is "
-                             f"{arr.shape[1]}x{arr.shape[0]}; resize them to one size")
+        arr, mode = read_image(source, key, where)
+        same.check(arr, mode, where)
         arrays.append(arr)
     stacked = torch.from_numpy(np.stack(arrays))
     return stacked.unsqueeze(1) if mode == "L" else stacked.permute(0, 3, 1, 2).contiguous()
