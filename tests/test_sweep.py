@@ -1,12 +1,15 @@
 """fedft sweep and fedft report: the grid, resuming after a kill, the summary's numbers."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import fedft.driver
 from fedft.cli import main
+from fedft.config import load_config
+from fedft.sweep import cells, read_sweep
 
 
 def sweep_args(tiny, out, *extra):
@@ -168,3 +171,13 @@ def test_bad_variants_exit_2(tiny, tmp_path, capsys, table, message):
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (Path(__file__).parent.parent / "configs").glob("*.toml")),
+                         ids=lambda p: Path(p).stem)
+def test_every_shipped_config_and_sweep_cell_checks(path):
+    """configs/*.toml are what the README and the studies run: each loads, and every cell of its sweep is a config
+    that passes the checks (a renamed key or a refused combination fails here, not hours into a study)."""
+    grid, repeat, variants = read_sweep(path)
+    made = cells(path, [], grid, repeat, variants) if grid or variants else [load_config(path)]
+    assert made

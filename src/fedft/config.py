@@ -117,7 +117,12 @@ class MethodConfig:
                        "rounds alternate between training and sending B and A) | fedsa (FedSA-LoRA: clients share A and keep "
                        "their own B) | flora (FLoRA: stack the clients' factors, merge their product into the frozen weights, "
                        "a fresh LoRA each round) | flexlora (FlexLoRA: the weighted mean of the clients' products, each client "
-                       "given its truncated SVD at its own rank)", default="fedavg")
+                       "given its truncated SVD at its own rank) | hetlora (HetLoRA: zero-padded ranks averaged by the "
+                       "norm of each client's update, with rank self-pruning)", default="fedavg")
+    prune_lambda: float = doc("lora, hetlora: weight of the rank self-pruning penalty lambda * ||B_tail A_tail||_F on "
+                              "each client's last components (0 = no pruning)", default=0.01)
+    prune_gamma: float = doc("lora, hetlora: a client that prunes keeps floor(gamma * rank) components (at least "
+                             "one fewer)", default=0.9)
     ffa: bool = doc("lora: FFA-LoRA, train only B and keep A frozen at its random init (holds up better under DP)",
                     default=False)
     inner: str = doc("layers: what a selected layer trains: full (all its parameters) | bias | lora", default="full")
@@ -147,14 +152,18 @@ class MethodConfig:
         _choice("method.head_init", self.head_init, ("random", "text"))
         _choice("method.inner", self.inner, ("full", "bias", "lora"))
         _choice("method.select", self.select, ("top", "bottom", "random", "gradient"))
-        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora", "fedsa", "flora", "flexlora"))
+        _choice("method.variant", self.variant, ("fedavg", "fedex", "rolora", "fedsa", "flora", "flexlora", "hetlora"))
+        if self.prune_lambda < 0:
+            raise UsageError(f"method.prune_lambda = {self.prune_lambda}: must be >= 0")
+        if not 0 < self.prune_gamma < 1:
+            raise UsageError(f"method.prune_gamma = {self.prune_gamma}: must be between 0 and 1 (exclusive)")
         _at_least("method.rank_min", self.rank_min, 1)
         _at_least("method.rank_max", self.rank_max, 0)
         if self.rank_max and self.rank_max < self.rank_min:
             raise UsageError(f"method.rank_max = {self.rank_max}: must be >= method.rank_min ({self.rank_min})")
-        if self.rank_max and self.variant not in ("fedavg", "flexlora"):
+        if self.rank_max and self.variant not in ("fedavg", "flexlora", "hetlora"):
             raise UsageError(f"method.rank_max with method.variant = {self.variant!r}: heterogeneous ranks are "
-                             f"aggregated by fedavg (zero-padding) or flexlora")
+                             f"aggregated by fedavg (zero-padding), hetlora or flexlora")
         _choice("method.importance", self.importance, ("gn", "rgn", "snr"))
         _at_least("method.budget", self.budget, 1)
         _at_least("method.budget_min", self.budget_min, 1)
@@ -442,21 +451,22 @@ class Config:
             v = f"method.variant = {self.method.variant!r}"
             if self.method.name != "lora":
                 raise UsageError(f"{v} is a lora option; method.name = {self.method.name!r}")
-            if self.method.variant in ("fedex", "flora", "flexlora") and self.fl.strategy not in ("fedavg", "fedprox"):
-                raise UsageError(f"{v} folds the residual of the data-weighted means of A and B: it needs fl.strategy "
-                                 f"= 'fedavg' or 'fedprox' (not {self.fl.strategy!r})")
+            if (self.method.variant in ("fedex", "flora", "flexlora", "hetlora")
+                    and self.fl.strategy not in ("fedavg", "fedprox")):
+                raise UsageError(f"{v} replaces the data-weighted means of A and B by its own aggregate: it needs "
+                                 f"fl.strategy = 'fedavg' or 'fedprox' (not {self.fl.strategy!r})")
             if self.fl.strategy in ("median", "trimmed_mean", "krum", "scaffold"):
                 raise UsageError(f"{v} with fl.strategy = {self.fl.strategy!r}: not supported; use fedavg, fedprox, "
                                  f"fedavgm or fedadam")
             if self.method.variant in ("rolora", "fedsa") and self.dp.mode == "client":
                 raise UsageError(f"{v} with dp.mode = 'client': DP-FedAvg here clips and noises every parameter of "
                                  f"the update, and these clients send only part of theirs; not supported yet")
-            if self.method.variant in ("fedex", "flora", "flexlora") and self.dp.mode == "client":
-                raise UsageError(f"{v} with dp.mode = 'client': the residual needs each client's own factors, which "
+            if self.method.variant in ("fedex", "flora", "flexlora", "hetlora") and self.dp.mode == "client":
+                raise UsageError(f"{v} with dp.mode = 'client': its aggregate needs each client's own factors, which "
                                  f"DP-FedAvg releases only as a noised mean")
-            if self.method.variant in ("fedex", "flora", "flexlora") and self.proxy.kind != "none":
-                raise UsageError(f"{v} with proxy.kind: the residual would change the sub-model's frozen weights, not "
-                                 f"the full model's; not supported")
+            if self.method.variant in ("fedex", "flora", "flexlora", "hetlora") and self.proxy.kind != "none":
+                raise UsageError(f"{v} with proxy.kind: not supported (its aggregate acts on the sub-model's LoRA, "
+                                 f"whose ranks and frozen weights are not the full model's)")
             if self.fl.mode != "federated":
                 raise UsageError(f"{v} is an aggregation rule: it needs fl.mode = 'federated'")
         if self.method.ffa and self.method.name != "lora":

@@ -205,6 +205,7 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
     try:
         for row in MODES[fl.mode](b.fed):
             r = dataclasses.asdict(row)
+            r.update(r.pop("extra"))
             record["rounds"].append(r)
             if keep:  # first the checkpoint (it holds the rows too), then results.json
                 checkpoint.save(out, {**b.fed.progress, "rows": record["rounds"], "config": record["config"]})

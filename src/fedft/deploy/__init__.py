@@ -57,8 +57,8 @@ def check_deployable(config: Config) -> None:
         raise UsageError(f"fl.strategy = 'scaffold' {where}: its control variates are not sent over Flower yet")
     if config.method.variant == "rolora":
         raise UsageError(f"method.variant = 'rolora' {where}: which factor a round trains is not sent over Flower yet")
-    if config.method.rank_max or config.method.variant == "flexlora":
-        raise UsageError(f"heterogeneous LoRA ranks and method.variant = 'flexlora' {where}: each client's own rank "
+    if config.method.rank_max or config.method.variant in ("flexlora", "hetlora"):
+        raise UsageError(f"heterogeneous LoRA ranks and method.variant = 'flexlora' or 'hetlora' {where}: each client's own rank "
                          f"is not sent over Flower yet")
     if config.method.variant == "fedsa":
         raise UsageError(f"method.variant = 'fedsa' {where}: the nodes do not keep their own B between rounds yet")

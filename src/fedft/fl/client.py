@@ -56,9 +56,11 @@ def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.o
 
 def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batches: list[np.ndarray],
                   opt: torch.optim.Optimizer, prox: tuple[float, State] | None = None, precision: str = "fp32",
-                  loss_fn: Callable | None = None, correction: State | None = None) -> float:
-    """One optimizer step per batch of indices; returns the mean training loss. `correction` (SCAFFOLD's c - c_i)
-    is added to every gradient before the step."""
+                  loss_fn: Callable | None = None, correction: State | None = None,
+                  penalty: Callable | None = None) -> float:
+    """One optimizer step per batch of indices; returns the mean training loss (the task's, without prox or
+    penalty). `correction` (SCAFFOLD's c - c_i) is added to every gradient before the step; `penalty(params)` to
+    the objective."""
     model.train()
     loss_fn = loss_fn or default_loss()
     device = next(iter(params.values())).device
@@ -72,6 +74,8 @@ def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batch
         if prox is not None and prox[0] > 0:
             mu, anchor = prox
             objective = loss + 0.5 * mu * sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
+        if penalty is not None:
+            objective = objective + penalty(params)
         opt.zero_grad(set_to_none=True)
         objective.backward()
         if correction is not None:
@@ -104,7 +108,8 @@ def lengths_for(data, cfg: TrainConfig) -> np.ndarray | None:
 
 
 def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State, data, indices: np.ndarray,
-                cfg: TrainConfig, seed: int, private=None, cid: int = -1, correction: State | None = None) -> Update:
+                cfg: TrainConfig, seed: int, private=None, cid: int = -1, correction: State | None = None,
+                penalty: Callable | None = None) -> Update:
     """Train from `start` on this client's examples; the model's frozen weights are shared and never change.
     With `private` (fl.privacy.SampleDP), DP-SGD: Opacus' per-sample gradients, clipping and noise."""
     load_state(params, start)
@@ -118,5 +123,5 @@ def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State,
     batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg))
     if correction is not None:
         correction = {k: v.to(params[k].device) for k, v in correction.items() if k in params}
-    loss = train_batches(model, params, data, batches, opt, prox, cfg.precision, cfg.loss, correction)
+    loss = train_batches(model, params, data, batches, opt, prox, cfg.precision, cfg.loss, correction, penalty)
     return Update(cid, read_state(params), len(indices), loss, len(batches))

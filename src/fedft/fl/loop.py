@@ -50,6 +50,15 @@ class Row:
     personal_accuracy: float | None = None  # mean over clients of the accuracy on their own label distribution
     client_accuracy: float | None = None  # data.client_test_fraction: mean over clients of the accuracy on their
     client_accuracy_std: float | None = None  # own held-out rows (federated/central: the one model), and its spread
+    extra: dict = field(default_factory=dict)  # what other features add (hetlora: pruned), flat in the written row
+
+
+def _split(fields: dict) -> dict:
+    """A hook's row fields: those Row names as they are, the rest under `extra`."""
+    known = {f.name for f in dataclasses.fields(Row)}
+    out = {k: v for k, v in fields.items() if k in known}
+    rest = {k: v for k, v in fields.items() if k not in known}
+    return {**out, "extra": rest} if rest else out
 
 
 @dataclass
@@ -118,7 +127,7 @@ def federated(f: Federation) -> Iterator[Row]:
         yield Row(round=rnd, train_loss=mean_loss(updates), bytes_up=log.bytes_up, bytes_down=log.bytes_down,
                   clients=sampled, seconds=time.perf_counter() - t0,
                   sampled=len(sampled), returned=len(updates), aggregated=aggregated,
-                  **scores, **log.fields, **f.strategy.summary(), **f.runner.summary())
+                  **scores, **_split(log.fields), **f.strategy.summary(), **f.runner.summary())
         if log.stop:  # a hook ended the run (its reason is in results.json through the hook's describe())
             return
 

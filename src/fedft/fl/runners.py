@@ -69,10 +69,10 @@ class OneByOne(Runner):
 
     def one(self, rnd: int, ins: Instruction, private=None) -> Update:
         p, seed = self.pool, client_seed(self.pool.seed, rnd, ins.cid)
-        fix = p.client.correction(ins)
+        fix, penalty = p.client.correction(ins), p.client.penalty(ins)
         if ins.train is None:
             update = local_train(p.model, p.params, ins.state, p.data, p.clients[ins.cid], self.config(ins), seed,
-                                 private=private, cid=ins.cid, correction=fix)
+                                 private=private, cid=ins.cid, correction=fix, penalty=penalty)
         else:  # only ins.train (the rest frozen at the start state, so backward stops early)
             load_state(p.params, ins.state)
             keep = set(ins.train)
@@ -81,7 +81,8 @@ class OneByOne(Runner):
             try:
                 update = local_train(p.model, {n: p.params[n] for n in ins.train},
                                      {n: ins.state[n] for n in ins.train}, p.data, p.clients[ins.cid],
-                                     self.config(ins), seed, private=private, cid=ins.cid, correction=fix)
+                                     self.config(ins), seed, private=private, cid=ins.cid, correction=fix,
+                                     penalty=penalty)
             finally:
                 for t in p.params.values():
                     t.requires_grad_(True)
@@ -90,15 +91,15 @@ class OneByOne(Runner):
 
 
 class Batched(OneByOne):
-    """`k` clients at a time as one computation (a client that trains only part of the state goes alone). On running
-    out of device memory, k halves and the chunk is redone."""
+    """`k` clients at a time as one computation (clients that train only part of the state, or under a penalty, go
+    one by one). On running out of device memory, k halves and the chunk is redone."""
 
     def __init__(self, pool: Pool, k: int) -> None:
         super().__init__(pool)
         self.k = k
 
     def train(self, rnd, instructions):
-        if any(ins.train is not None for ins in instructions):
+        if any(ins.train is not None or self.pool.client.penalty(ins) is not None for ins in instructions):
             return super().train(rnd, instructions)
         p, updates, i = self.pool, [], 0
         while i < len(instructions):

@@ -3,8 +3,8 @@ recorded, as the layer budgets are. The global LoRA has rank rank_max; a client 
 (A[:r_i], B[:, :r_i]), trains them, and sends them back: the bytes both ways are those of its own rank. On the
 client the missing components are zero, and stay zero (their gradients are zero), so its model is its rank-r_i LoRA.
 
-How the server combines the ranks is method.variant: fedavg zero-pads each update to rank_max and averages (HetLoRA's
-zero-padding, Cho et al., 2024); flexlora (Bai et al., "FlexLoRA", NeurIPS 2024) forms the exact weighted mean of the
+How the server combines the ranks is method.variant: fedavg zero-pads each update to rank_max and averages by data
+size; hetlora adds HetLoRA's sparsity-weighted aggregation and rank self-pruning (methods/lora_hetlora.py); flexlora (Bai et al., "FlexLoRA", NeurIPS 2024) forms the exact weighted mean of the
 clients' products sum_i p_i B_i A_i and keeps its truncated SVD at rank_max, ordered by singular value, so that each
 client's first r_i components are the best rank-r_i approximation of the aggregate.
 """
@@ -73,11 +73,17 @@ class Ranks(Hook):
     def describe(self) -> dict:
         return {"lora_ranks": {"rank_max": self.r_max, "ranks": [int(r) for r in self.ranks]}}
 
+    def state(self) -> dict:  # HetLoRA's self-pruning lowers ranks as the run goes (methods/lora_hetlora.py)
+        return {"ranks": [int(r) for r in self.ranks]}
+
+    def restore(self, state: dict) -> None:
+        self.ranks[:] = state["ranks"]
+
 
 @part(44)
 def lora_ranks(b) -> None:
     cfg = b.exp.config.method
-    if cfg.name != "lora" or not (cfg.rank_max or cfg.variant == "flexlora"):
+    if cfg.name != "lora" or not (cfg.rank_max or cfg.variant in ("flexlora", "hetlora")):
         return
     pairs = lora_pairs(b.exp.params)
     r_max = cfg.rank_max or cfg.rank

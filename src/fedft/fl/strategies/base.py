@@ -14,9 +14,15 @@ STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 
 class ClientSide:
     """What a strategy asks of each client during its local training (in Flower, the ClientApp's half of the
-    algorithm): a correction added to every gradient, and extras reported with the update. Default: neither."""
+    algorithm): a correction added to every gradient, a penalty added to the local loss, and extras reported with
+    the update. Default: none of them."""
 
     def correction(self, ins: Instruction) -> State | None:
+        return None
+
+    def penalty(self, ins: Instruction):
+        """None, or a function of the trained parameters (by name) whose value is added to the local objective
+        (HetLoRA's rank self-pruning: methods/lora_hetlora.py). Clients with a penalty train one by one."""
         return None
 
     def report(self, ins: Instruction, update: Update, lr: float) -> dict[str, State]:
