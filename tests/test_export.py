@@ -24,7 +24,7 @@ try:  # FedEx-LoRA folded residuals into the frozen weights: load them first
     assert not unexpected, unexpected
 except FileNotFoundError:
     pass
-if info["method"] == "lora":
+if "adapter/adapter_config.json" in info["files"]:  # lora and lora_sb: a PEFT LoRA adapter
     from peft import PeftModel
     model = PeftModel.from_pretrained(model, f"{run}/adapter")
 else:
@@ -58,8 +58,8 @@ def base(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("method, extra", [("lora", {}), ("bias", {}), ("lora", {"method.variant": "fedex"})],
-                         ids=["lora", "bias", "lora-fedex"])
+@pytest.mark.parametrize("method, extra", [("lora", {}), ("bias", {}), ("lora", {"method.variant": "fedex"}),
+                                           ("lora_sb", {})], ids=["lora", "bias", "lora-fedex", "lora-sb"])
 def test_exported_model_reproduces_the_accuracy_without_fedft(tmp_path, tiny, base, method, extra):
     config = load_config(None, tiny(**{"model.name": str(base), "method.name": method, "fl.lr": 0.05,
                                        "fl.rounds": 3, "fl.precision": "fp32", **extra}))

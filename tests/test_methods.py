@@ -19,6 +19,7 @@ OWN = {
     "bias": lambda n: n.endswith(".bias") or n.startswith("head."),  # every bias of the backbone, checked below
     "lora": lambda n: "lora_" in n or "modules_to_save" in n,
     "dora": lambda n: "lora_" in n or "modules_to_save" in n,  # lora_A, lora_B and lora_magnitude_vector
+    "lora_sb": lambda n: n.endswith(".sb.R") or n.startswith("head."),  # R between the fixed B and A
     "adapter": lambda n: ".adapter." in n or n.startswith("head."),
     "prompt": lambda n: n.startswith(("prompt.", "head.")),
     "layers": lambda n: "embeddings" not in n and "pre_layrnorm" not in n,  # inner full; per-client masks: test_layers
@@ -60,9 +61,11 @@ def test_round_changes_only_the_methods_parameters(tiny, method, model):
         assert all(k in changed for k in exp.params), "every trained tensor should move"
     # payload bytes are the serialised trainable tensors, once per sampled client each way
     payload = len(save({k: p.detach().contiguous() for k, p in exp.params.items()}))
-    assert row.bytes_down == payload * len(row.clients)
     reports = 4 * 2 * len(row.clients) if method == "layers" else 0  # gradient selection: 2 layers' importance
-    assert row.bytes_up == payload * len(row.clients) + reports
+    basis = next((h for h in setup.hooks if type(h).__name__ == "Basis"), None)  # lora_sb: the initialisation
+    init_up, basis_down = (basis.up, basis.down) if basis else (0, 0)
+    assert row.bytes_down == (payload + basis_down) * len(row.clients)
+    assert row.bytes_up == payload * len(row.clients) + reports + init_up
 
 
 def test_payload_dtype_halves_bytes(tiny):

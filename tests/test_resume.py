@@ -73,8 +73,9 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny):
     {"method.name": "lora", "method.variant": "fedsa", "fl.clients_per_round": 2, "data.client_test_fraction": 0.25},
     {"method.name": "lora", "method.variant": "hetlora", "method.rank_min": 3, "method.rank_max": 8,
      "method.prune_lambda": 5.0, "fl.lr": 0.02},
+    {"method.name": "lora_sb", "method.rank": 4},
 ], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft", "scaffold-sgd", "nf4-error-feedback", "fedex",
-        "flora", "flexlora-ranks", "fedsa", "hetlora-pruning"])
+        "flora", "flexlora-ranks", "fedsa", "hetlora-pruning", "lora-sb"])
 def test_resume_after_ctrl_c(tmp_path, tiny, server_text, extra):
     """Client DP's noise generator and adaptive clip with FedAvgM's momentum, the layer masks (re-chosen every 3
     rounds, so round 3 reuses round 1's), the per-client DP accountants, and FedPFT's sub-model FFNs re-aligned in

@@ -29,7 +29,9 @@ def test_two_rounds_of_every_method(tmp_path, tiny, method):
     f = data["final"]
     assert f["bytes_total"] == sum(r["bytes_up"] + r["bytes_down"] for r in data["rounds"])
     report = 4 * 2 if method == "layers" else 0  # layers (budget 2 = both layers): + each client's importance report
-    assert all(r["bytes_up"] == (f["payload_bytes"] + report) * len(r["clients"]) for r in data["rounds"])
+    init = data.get("lora_sb", {}).get("init_bytes_up", 0)  # lora_sb: the clients' gradients before round 1
+    assert all(r["bytes_up"] == (f["payload_bytes"] + report) * len(r["clients"]) + init * (r["round"] == 1)
+               for r in data["rounds"])
     assert 0 < f["trainable_params"] <= f["total_params"]
     rows = list(csv.DictReader((result.out_dir / "rounds.csv").open()))
     assert [int(r["round"]) for r in rows] == [1, 2]

@@ -95,9 +95,11 @@ class DataConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = doc("tuning method: full | head | bias | lora | dora | adapter | prompt | layers (selective layers)",
-                    default="lora")
-    rank: int = doc("lora: rank r of the low-rank update", default=8)
+    name: str = doc("tuning method: full | head | bias | lora | dora | lora_sb (Fed-SB: fixed B and A, an r x r "
+                    "matrix trained between them) | adapter | prompt | layers (selective layers)", default="lora")
+    rank: int = doc("lora, lora_sb: rank r of the low-rank update", default=8)
+    sb_init_batches: int = doc("lora_sb: batches of each initialising client's data its update approximation (the "
+                               "gradient B and A come from) is taken over", default=4)
     rank_min: int = doc("lora, heterogeneous ranks: each client's rank drawn once (seeded) from rank_min..rank_max",
                         default=1)
     rank_max: int = doc("lora: upper end of the heterogeneous ranks (0 = every client has method.rank); the global "
@@ -143,6 +145,7 @@ class MethodConfig:
 
     def check(self) -> None:
         _at_least("method.rank", self.rank, 1)
+        _at_least("method.sb_init_batches", self.sb_init_batches, 1)
         if not self.alpha > 0:
             raise UsageError(f"method.alpha = {self.alpha}: must be > 0")
         if not 0 <= self.dropout < 1:
@@ -469,6 +472,16 @@ class Config:
                                  f"whose ranks and frozen weights are not the full model's)")
             if self.fl.mode != "federated":
                 raise UsageError(f"{v} is an aggregation rule: it needs fl.mode = 'federated'")
+        if self.method.name == "lora_sb":
+            if self.dp.mode != "none":
+                raise UsageError(f"method.name = 'lora_sb' with dp.mode = {self.dp.mode!r}: its initialisation sends the "
+                                 f"clients' raw gradients, which the DP accounting here does not cover")
+            if self.proxy.kind != "none":
+                raise UsageError("method.name = 'lora_sb' with proxy.kind: not supported (B and A come from the full "
+                                 "model's gradients)")
+            if self.fl.mode != "federated":
+                raise UsageError(f"method.name = 'lora_sb' needs fl.mode = 'federated' (its B and A come from the "
+                                 f"clients' gradients before round 1), not {self.fl.mode!r}")
         if self.method.ffa and self.method.name != "lora":
             raise UsageError(f"method.ffa = true is a lora option; method.name = {self.method.name!r}")
         if self.dp.mode == "sample" and self.fl.strategy == "fedprox":

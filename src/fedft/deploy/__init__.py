@@ -60,6 +60,9 @@ def check_deployable(config: Config) -> None:
     if config.method.rank_max or config.method.variant in ("flexlora", "hetlora"):
         raise UsageError(f"heterogeneous LoRA ranks and method.variant = 'flexlora' or 'hetlora' {where}: each client's own rank "
                          f"is not sent over Flower yet")
+    if config.method.name == "lora_sb":
+        raise UsageError(f"method.name = 'lora_sb' {where}: its B and A come from the clients' gradients gathered "
+                         f"before round 1, which is not done over Flower yet")
     if config.method.variant == "fedsa":
         raise UsageError(f"method.variant = 'fedsa' {where}: the nodes do not keep their own B between rounds yet")
     if config.method.variant in ("fedex", "flora"):
