@@ -74,8 +74,10 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, tiny):
     {"method.name": "lora", "method.variant": "hetlora", "method.rank_min": 3, "method.rank_max": 8,
      "method.prune_lambda": 5.0, "fl.lr": 0.02},
     {"method.name": "lora_sb", "method.rank": 4},
+    {"model.name": "tiny-llama", "data.name": "wordnet-instruct", "data.train_per_class": 3, "data.test_per_class": 1,
+     "task.generate": 2, "task.max_new_tokens": 4, "model.max_length": 48, "fl.batch_size": 8},
 ], ids=["client-dp-fedavgm", "layers", "sample-dp", "fedpft", "scaffold-sgd", "nf4-error-feedback", "fedex",
-        "flora", "flexlora-ranks", "fedsa", "hetlora-pruning", "lora-sb"])
+        "flora", "flexlora-ranks", "fedsa", "hetlora-pruning", "lora-sb", "instruct-tiny-llama"])
 def test_resume_after_ctrl_c(tmp_path, tiny, server_text, extra):
     """Client DP's noise generator and adaptive clip with FedAvgM's momentum, the layer masks (re-chosen every 3
     rounds, so round 3 reuses round 1's), the per-client DP accountants, and FedPFT's sub-model FFNs re-aligned in

@@ -35,6 +35,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, help="runs per grid point, with fl.seed, fl.seed+1, ... (default 1)")
     p.add_argument("--out", help="sweep folder (default sweeps/<timestamp>); rerun with the same to resume")
 
+    p = sub.add_parser("generate", help="an instruct run's greedy answer to a prompt (plain transformers + peft)")
+    p.add_argument("run", help="a finished instruct run folder")
+    p.add_argument("--prompt", required=True, help="the user's message")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest answer in tokens (default 64)")
+
+    p = sub.add_parser("export", help="an instruct run as one model folder: --merged DIR (adapter merged in)")
+    p.add_argument("run", help="a finished instruct run folder")
+    p.add_argument("--merged", required=True, metavar="DIR", help="new folder AutoModelForCausalLM alone loads")
+
+    p = sub.add_parser("export-base", help="write the built-in decoder (smollm2-135m, converted from its package) "
+                       "as a plain Hugging Face folder: the BASE its adapters load onto")
+    p.add_argument("dir", help="new folder")
+    p.add_argument("--model", default="smollm2-135m", help="the built-in model (default smollm2-135m)")
+
     p = sub.add_parser("report", help="summary tables and plots from finished runs (run or sweep folders)")
     p.add_argument("runs", nargs="+", help="run folders, or folders of runs")
     p.add_argument("--out", help="where to write (default: the one folder given)")
@@ -170,7 +184,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = None if args.quiet else tqdm.write
     result = run(config, args.resume or args.out, progress=not args.quiet, log=log, resume=bool(args.resume))
     f = result.final
-    print(f"final accuracy {f['accuracy']:.4f}; {f['bytes_total'] / 1e6:.2f} MB sent; "
+    score = (f"final accuracy {f['accuracy']:.4f}" if f.get("accuracy") is not None else  # instruct: its own
+             f"final held-out loss {f['loss']:.4f}, ROUGE-L {f.get('rougeL') or 0:.4f}")
+    print(f"{score}; {f['bytes_total'] / 1e6:.2f} MB sent; "
           f"{f['trainable_params']:,} of {f['total_params']:,} parameters trained; results in {result.out_dir}")
     return 0
 
@@ -338,7 +354,30 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"proxy": cmd_proxy, "deploy": cmd_deploy, "run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config,
+def cmd_generate(args: argparse.Namespace) -> int:
+    from fedft.tasks.lm_files import generate
+
+    if args.max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens {args.max_new_tokens}: must be >= 1")
+    print(generate(args.run, args.prompt, args.max_new_tokens))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedft.tasks.lm_files import export_merged
+
+    print(f"merged model in {export_merged(args.run, args.merged)}")
+    return 0
+
+
+def cmd_export_base(args: argparse.Namespace) -> int:
+    from fedft.tasks.lm_files import export_base
+
+    print(f"base model in {export_base(args.model, args.dir)}")
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "export": cmd_export, "export-base": cmd_export_base, "proxy": cmd_proxy, "deploy": cmd_deploy, "run": cmd_run, "methods": cmd_methods, "partition": cmd_partition, "config": cmd_config,
             "sweep": cmd_sweep, "report": cmd_report}
 
 

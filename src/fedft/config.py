@@ -48,6 +48,11 @@ class DataConfig:
     image_column: str = doc("file sources: the column holding images (encoded bytes, or paths relative to the file)",
                             default="image")
     label_column: str = doc("file sources: the column holding the label (text or integers)", default="label")
+    prompt_column: str = doc("file sources, instructions: the column holding each prompt", default="instruction")
+    response_column: str = doc("file sources, instructions: the column holding each response", default="response")
+    messages_column: str = doc("file sources, instructions: a column of chats (lists of {role, content}), used "
+                               "instead of the prompt and response columns when the file has it",
+                               default="messages")
     client_column: str = doc("file sources, partition natural: the column naming each row's client (a site, a user)",
                              default="client")
     label_case: str = doc("file sources: keep | fold (labels that differ only in case become one class)",
@@ -404,6 +409,21 @@ class ProxyConfig:
 
 
 @dataclass
+class TaskConfig:
+    name: str = doc("what the model learns: auto (from the data: instructions -> instruct, labels -> classify) | "
+                    "classify (a head on the pooled states) | instruct (a causal LM learns the responses)",
+                    default="auto")
+    generate: int = doc("instruct: held-out examples answered by greedy generation at each evaluation (ROUGE-L, "
+                        "exact match); the first ones of the test set, the same every round", default=32)
+    max_new_tokens: int = doc("instruct: longest generated answer, in tokens", default=48)
+
+    def check(self) -> None:
+        _choice("task.name", self.name, ("auto", "classify", "instruct"))
+        _at_least("task.generate", self.generate, 0)
+        _at_least("task.max_new_tokens", self.max_new_tokens, 1)
+
+
+@dataclass
 class DeployConfig:
     secagg: bool = doc("fedft deploy: aggregate through Flower's SecAgg+ workflow, so the server sees only the "
                        "weighted sum of the clients' parameters (quantised to secagg_bits bits within "
@@ -437,6 +457,7 @@ class Config:
     dp: DPConfig = field(default_factory=DPConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def check(self) -> None:
         for section in SECTIONS:
@@ -561,7 +582,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "method": MethodConfig, "fl": FLConfig, "comm": CommConfig,
-    "dp": DPConfig, "proxy": ProxyConfig, "deploy": DeployConfig,
+    "dp": DPConfig, "proxy": ProxyConfig, "deploy": DeployConfig, "task": TaskConfig,
 }
 
 

@@ -215,9 +215,10 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                 record.update(hook.describe())
             write_json(out / "results.json", _finite(record))
             write_csv(out / "rounds.csv", record["rounds"])
-        last = [r for r in record["rounds"] if r["accuracy"] is not None][-1]
+        last = [r for r in record["rounds"] if r["loss"] is not None][-1]  # the last evaluated round
         if last.get("client_accuracy") is not None:
             final.update(client_accuracy=last["client_accuracy"], client_accuracy_std=last["client_accuracy_std"])
+        final.update({k: last.get(k) for k in getattr(exp.task, "metrics", ())})  # the task's own (instruct)
         final.update(accuracy=last["accuracy"], loss=last["loss"], personal_accuracy=last.get("personal_accuracy"),
                      bytes_total=sent,
                      bytes_up=sum(r["bytes_up"] for r in record["rounds"]),
@@ -231,7 +232,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         record["exported"] = exp.method.export(exp.server_model(), out, meta)
         name = f"method.name={config.method.name}"
         plots.curves(out / "curves.png", {name: [record]}, plots.colours([name]),
-                     f"{config.model.name} on {config.data.name}, method {config.method.name}, {fl.mode}")
+                     f"{config.model.name} on {config.data.name}, method {config.method.name}, {fl.mode}",
+                    getattr(exp.task, "headline", "accuracy"))
         for hook in b.fed.hooks:  # each feature's own files, and its entries of "final"
             final.update(hook.finish(out, record["rounds"]) or {})
         record["status"] = "completed"
@@ -275,7 +277,11 @@ def start_line(config: Config, num_clients: int, prec, data_report: dict | None 
 
 def round_line(row, fl, sent: int) -> str:
     """The line printed after each round."""
-    test = "" if row.accuracy is None else f"  test accuracy {row.accuracy:.4f}  test loss {row.loss:.4f}"
+    test = "" if row.accuracy is None else f"  test accuracy {row.accuracy:.4f}"
+    if row.loss is not None:
+        test += f"  test loss {row.loss:.4f}"
+        test += "".join(f"  {k} {v:.4g}" for k, v in row.extra.items()  # a task's own metrics (instruct: rougeL)
+                        if isinstance(v, float))
     came = row.returned + len(row.rejected or [])  # row.returned: the updates aggregated
     if came < row.sampled and fl.mode == "federated":
         test += f"  returned {came}/{row.sampled}"

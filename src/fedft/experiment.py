@@ -20,7 +20,8 @@ from fedft.fl.precision import Precision, resolve
 from fedft.fl.strategies import STRATEGIES
 from fedft.methods import METHODS, Method, trainable_parameters
 from fedft.methods.base import freeze_unused
-from fedft.models import Backbone, Classifier, load_backbone
+from fedft.models import Backbone, load_backbone
+from fedft.tasks.base import task_for
 from fedft.tasks.classify import CLASSIFY
 
 @dataclass
@@ -54,31 +55,16 @@ class Experiment:
         return self.model
 
 
-def build_model(config: Config, classes: list[str], backbone: Backbone | None = None
+def build_model(config: Config, classes: list[str], backbone: Backbone | None = None, task=CLASSIFY
                 ) -> tuple[nn.Module, Method, Backbone]:
-    """Backbone (loaded from model.name unless given) + head with the method applied. Seeded, so the same config
-    gives the same initial model."""
+    """Backbone (loaded from model.name unless given) + what the task puts on it, with the method applied. Seeded,
+    so the same config gives the same initial model."""
     method = METHODS.get(config.method.name, "method.name")(config.method)
-    backbone = backbone or load_backbone(config.model)
-    classifier = Classifier(backbone.model, len(classes), config.model.pooling, seed=config.fl.seed)
-    if classifier.pooling == "pooler" and not (hasattr(backbone.model, "feature_dim")
-                                               or getattr(backbone.model, "pooler", None) is not None
-                                               or backbone.model_type == "dinov2"):
-        raise UsageError(f"model.pooling = 'pooler': model {config.model.name!r} has no pooler; use mean or cls")
-    if config.method.head_init == "text":
-        if backbone.clip is None or backbone.tokenizer is None:
-            raise UsageError(f"method.head_init = 'text' needs a CLIP model with its tokenizer; "
-                             f"model.name = {config.model.name!r} is a {backbone.model_type!r} model")
-        if classifier.pooling != "pooler":
-            raise UsageError(f"method.head_init = 'text' needs model.pooling = 'auto' or 'pooler' (CLIP's "
-                             f"projected image embedding), not {config.model.pooling!r}")
-        from fedft.models.clip import text_head_weights
-
-        with torch.no_grad():
-            classifier.head.weight.copy_(text_head_weights(backbone.clip, backbone.tokenizer, classes))
-            classifier.head.bias.zero_()
+    backbone = backbone or load_backbone(config.model, causal=getattr(task, "causal", False))
+    task.check(config, backbone)
+    model = task.build(config, backbone, classes)
     torch.manual_seed(config.fl.seed)
-    return method.apply(classifier), method, backbone
+    return method.apply(model), method, backbone
 
 
 def to_examples(raw, backbone: Backbone, config: Config):
@@ -137,13 +123,14 @@ def prepare(config: Config, log: Callable[[str], None] | None = None) -> Experim
     if config.proxy.kind != "none":
         exp = _prepare_proxy(config, train_raw, test_raw, clients, device, log)
     else:
-        model, method, backbone = build_model(config, train_raw.classes)
-        train = to_examples(train_raw, backbone, config)
-        test = to_examples(test_raw, backbone, config)
+        task = task_for(config, train_raw)
+        model, method, backbone = build_model(config, train_raw.classes, task=task)
+        train = task.examples(train_raw, backbone, config)
+        test = task.examples(test_raw, backbone, config)
         freeze_unused(model, test.batch([0, len(test) - 1])[0])
         model.to(device)
         exp = Experiment(config, model, method, trainable_parameters(model), train.to(device), test.to(device),
-                         train_raw.classes, clients, backbone.source,
+                         train_raw.classes, clients, backbone.source, task=task,
                          precision=resolve(config.fl.precision, device, method.keep_fp32))
     exp.data_report, exp.client_tests = data.report, client_tests
     return exp

@@ -82,8 +82,10 @@ def outside_legend(ax) -> None:
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
 
 
-def curves(path: Path, groups: dict[str, list[dict]], colour: dict[str, tuple], heading: str) -> None:
-    """Accuracy against round (left) and against cumulative MB sent (right), one band per cell over its runs."""
+def curves(path: Path, groups: dict[str, list[dict]], colour: dict[str, tuple], heading: str,
+           metric: str = "accuracy") -> None:
+    """Accuracy (or the task's `metric`) against round (left) and against cumulative MB sent (right), one band per
+    cell over its runs."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, members in groups.items():
@@ -92,8 +94,8 @@ def curves(path: Path, groups: dict[str, list[dict]], colour: dict[str, tuple], 
             total, pts = 0, {}
             for r in m["rounds"]:
                 total += r["bytes_up"] + r["bytes_down"]
-                if r["accuracy"] is not None:
-                    pts[r["round"]] = (total / 1e6, r["accuracy"])
+                if r.get(metric) is not None:
+                    pts[r["round"]] = (total / 1e6, r[metric])
             per_run.append(pts)
         common = sorted(set.intersection(*(set(p) for p in per_run)))
         if not common:
@@ -103,8 +105,8 @@ def curves(path: Path, groups: dict[str, list[dict]], colour: dict[str, tuple], 
              [[p[t][1] for t in common] for p in per_run], colour[name], name)
     n = max(len(m) for m in groups.values())
     spread = f"mean ± std over {n} seeds" if n > 1 else "one run"
-    a.set(xlabel="round", ylabel="test accuracy", title=f"accuracy per round ({spread})")
-    b.set(xlabel="MB sent (up + down, cumulative)", ylabel="test accuracy", title="accuracy against MB sent")
+    a.set(xlabel="round", ylabel=f"test {metric}", title=f"{metric} per round ({spread})")
+    b.set(xlabel="MB sent (up + down, cumulative)", ylabel=f"test {metric}", title=f"{metric} against MB sent")
     round_axis(a)
     for ax in (a, b):
         ax.grid(alpha=0.3)

@@ -130,7 +130,12 @@ def _check_same_experiment(d: Path, cell: Cell) -> None:
         stored = json.loads((d / "results.json").read_text()).get("config")
     except (OSError, json.JSONDecodeError):
         return
-    if stored is not None and stored != json.loads(json.dumps(cell.config.to_dict())):
+    if stored is not None:  # filled with today's defaults: a key added since then is not a difference
+        try:
+            stored = Config.from_dict(stored, check=False).to_dict()
+        except UsageError:
+            pass
+    if stored is not None and json.loads(json.dumps(stored)) != json.loads(json.dumps(cell.config.to_dict())):
         raise UsageError(f"{str(d)!r} holds a different experiment under the same name (another config file or "
                          f"--set); sweep into another --out folder, or put the difference in a --grid")
 

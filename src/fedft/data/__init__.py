@@ -18,6 +18,24 @@ class LabelledText:
 
 
 @dataclass
+class Instructions:
+    """A raw split of instruction data: chats[i] is a list of {role, content} turns ending with the assistant's
+    response; answers[i] the short answers that count as an exact match ([] = not scored for exact match);
+    labels[i] the row's group (an index into `classes`: wordnet-instruct's lexicographer file), which label-based
+    partitions split by."""
+    chats: list[list[dict]]
+    answers: list[list[str]]
+    labels: np.ndarray  # (N,) int64
+    classes: list[str]
+    kinds: list[str] | None = None  # what each row asks (wordnet-instruct: define | use | hypernym)
+
+    def pick(self, idx) -> "Instructions":
+        idx = np.asarray(idx, dtype=np.int64)
+        return Instructions([self.chats[i] for i in idx], [self.answers[i] for i in idx], self.labels[idx],
+                            self.classes, None if self.kinds is None else [self.kinds[i] for i in idx])
+
+
+@dataclass
 class TextExamples:
     """Tokenized examples, padded per batch (glosses are short, so padding to the batch's longest saves most work)."""
     input_ids: list[torch.Tensor]  # N tensors of shape (T_i,)

@@ -127,7 +127,7 @@ def federated(f: Federation) -> Iterator[Row]:
         yield Row(round=rnd, train_loss=mean_loss(updates), bytes_up=log.bytes_up, bytes_down=log.bytes_down,
                   clients=sampled, seconds=time.perf_counter() - t0,
                   sampled=len(sampled), returned=len(updates), aggregated=aggregated,
-                  **scores, **_split(log.fields), **f.strategy.summary(), **f.runner.summary())
+                  **_split({**scores, **log.fields}), **f.strategy.summary(), **f.runner.summary())
         if log.stop:  # a hook ended the run (its reason is in results.json through the hook's describe())
             return
 

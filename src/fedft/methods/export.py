@@ -51,12 +51,14 @@ def write_plain(model: nn.Module, out_dir: Path, meta: dict, backbone: dict[str,
 
     from fedft.report import atomic_write
 
-    files = ["head.safetensors", "export.json"]
-    atomic_write(out_dir / "head.safetensors", lambda p: save_file(head_tensors(model), str(p)))
+    clf = classifier_of(model)
+    files = ["export.json"]
+    if getattr(clf, "head", None) is not None:  # (a causal LM has its own LM head, in the base model)
+        atomic_write(out_dir / "head.safetensors", lambda p: save_file(head_tensors(model), str(p)))
+        files.insert(0, "head.safetensors")
     if backbone:
         atomic_write(out_dir / "backbone.safetensors", lambda p: save_file(backbone, str(p)))
-        files.insert(1, "backbone.safetensors")
-    clf = classifier_of(model)
+        files.insert(len(files) - 1, "backbone.safetensors")
     info = {"base": meta.get("model_source"), "modality": clf.modality, "pooling": clf.pooling,
             "classes": meta.get("classes"), "method": meta.get("method"),
             "files": [*files, *extra_files]}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from fedft.methods.base import METHODS, Method
 from fedft.models.arch import LORA_TARGETS, lookup
 
@@ -22,8 +24,10 @@ class Lora(Method):
 
         targets = self.cfg.targets or lookup(LORA_TARGETS, model.backbone.config.model_type, "method 'lora'")
         rank = self.cfg.rank_max or self.cfg.rank  # heterogeneous ranks: the global LoRA has the largest (lora_ranks.py)
+        head = ["head"] if isinstance(getattr(model, "head", None), nn.Module) else None  # (a causal LM: none;
+        # peft matches by suffix, so "head" would also train its lm_head)
         config = LoraConfig(r=rank, lora_alpha=self.cfg.alpha, lora_dropout=self.cfg.dropout,
-                            target_modules=targets, modules_to_save=["head"], use_dora=self.use_dora)
+                            target_modules=targets, modules_to_save=head, use_dora=self.use_dora)
         try:
             model = get_peft_model(model, config)
         except ValueError as e:  # peft: "Target modules {...} not found in the base model"

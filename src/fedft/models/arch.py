@@ -19,6 +19,7 @@ LORA_TARGETS: dict[str, list[str]] = {
     "dinov2": ["q_proj", "v_proj"],
     "clip": ["q_proj", "v_proj"],
     "clip_vision_model": ["q_proj", "v_proj"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],  # decoders (the instruct task): every attention projection
 }
 
 # Houlsby adapters go after the attention output projection and after the MLP's output projection.

@@ -17,6 +17,50 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "
 class Classify(Task):
     name = "classify"
 
+    @property
+    def raw(self):
+        from fedft.data import LabelledText
+        from fedft.data.images import LabelledImages
+
+        return (LabelledText, LabelledImages)
+
+    def check(self, config, backbone) -> None:
+        from fedft.errors import UsageError
+
+        if getattr(backbone, "causal", False):
+            raise UsageError(f"model.name = {config.model.name!r} is a causal LM: it learns instructions "
+                             f"(task.name = 'instruct', with instruction data such as wordnet-instruct), not labels")
+
+    def build(self, config, backbone, classes):
+        """fedft's Classifier: a linear head on the pooled backbone states (seeded), CLIP's text-initialised head
+        where asked."""
+        from fedft.errors import UsageError
+        from fedft.models import Classifier
+
+        classifier = Classifier(backbone.model, len(classes), config.model.pooling, seed=config.fl.seed)
+        if classifier.pooling == "pooler" and not (hasattr(backbone.model, "feature_dim")
+                                                   or getattr(backbone.model, "pooler", None) is not None
+                                                   or backbone.model_type == "dinov2"):
+            raise UsageError(f"model.pooling = 'pooler': model {config.model.name!r} has no pooler; use mean or cls")
+        if config.method.head_init == "text":
+            if backbone.clip is None or backbone.tokenizer is None:
+                raise UsageError(f"method.head_init = 'text' needs a CLIP model with its tokenizer; "
+                                 f"model.name = {config.model.name!r} is a {backbone.model_type!r} model")
+            if classifier.pooling != "pooler":
+                raise UsageError(f"method.head_init = 'text' needs model.pooling = 'auto' or 'pooler' (CLIP's "
+                                 f"projected image embedding), not {config.model.pooling!r}")
+            from fedft.models.clip import text_head_weights
+
+            with torch.no_grad():
+                classifier.head.weight.copy_(text_head_weights(backbone.clip, backbone.tokenizer, classes))
+                classifier.head.bias.zero_()
+        return classifier
+
+    def examples(self, raw, backbone, config):
+        from fedft.experiment import to_examples
+
+        return to_examples(raw, backbone, config)
+
     def loss(self, outputs, targets, reduction="mean"):
         return cross_entropy(outputs, targets, reduction)
 

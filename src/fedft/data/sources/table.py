@@ -26,6 +26,14 @@ def loaded(read: Callable[[Path, str], dict[str, list]], prefix: str, path_text:
     key = f"data.name = '{prefix}:{path_text}'"
     path = Path(path_text)
     columns = read(path, key)
+    from fedft.data.sources.instructions import is_instructions, loaded_instructions
+
+    if is_instructions(columns, cfg):  # chats for the instruct task, not labelled rows
+        test_columns, test_key = None, ""
+        if cfg.test:
+            test_read, test_path, test_key = resolve_test(cfg.test)
+            test_columns = test_read(test_path, test_key)
+        return loaded_instructions(columns, cfg, key, test_columns, test_key)
     train = rows_of(columns, cfg, key, path.parent if path.is_file() else path, natural=cfg.partition == "natural")
     if cfg.test:
         test_read, test_path, test_key = resolve_test(cfg.test)
