@@ -424,6 +424,24 @@ class TaskConfig:
 
 
 @dataclass
+class LogConfig:
+    tensorboard: bool = doc("write each round's metrics, bytes and epsilon as TensorBoard scalars under "
+                            "RUN/tensorboard (tensorboard --logdir RUN)", default=False)
+    mlflow_uri: str = doc("also log the config and each round's metrics to this MLflow tracking URI (a folder or "
+                          "a server; needs the mlflow package); empty = no MLflow", default="")
+
+    def check(self) -> None:
+        import importlib.util
+
+        if self.mlflow_uri and importlib.util.find_spec("mlflow") is None:
+            raise UsageError(f"log.mlflow_uri = {self.mlflow_uri!r}: the mlflow package is not installed "
+                             f"(pip install mlflow), or leave log.mlflow_uri empty")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("log.tensorboard = true: the tensorboard package is not installed (pip install "
+                             "tensorboard)")
+
+
+@dataclass
 class DeployConfig:
     secagg: bool = doc("fedft deploy: aggregate through Flower's SecAgg+ workflow, so the server sees only the "
                        "weighted sum of the clients' parameters (quantised to secagg_bits bits within "
@@ -458,6 +476,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def check(self) -> None:
         for section in SECTIONS:
@@ -582,7 +601,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "method": MethodConfig, "fl": FLConfig, "comm": CommConfig,
-    "dp": DPConfig, "proxy": ProxyConfig, "deploy": DeployConfig, "task": TaskConfig,
+    "dp": DPConfig, "proxy": ProxyConfig, "deploy": DeployConfig, "task": TaskConfig, "log": LogConfig,
 }
 
 

@@ -215,6 +215,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
                 record.update(hook.describe())
             write_json(out / "results.json", _finite(record))
             write_csv(out / "rounds.csv", record["rounds"])
+            for hook in b.fed.hooks:
+                hook.written(out, r)
         last = [r for r in record["rounds"] if r["loss"] is not None][-1]  # the last evaluated round
         if last.get("client_accuracy") is not None:
             final.update(client_accuracy=last["client_accuracy"], client_accuracy_std=last["client_accuracy_std"])

@@ -46,6 +46,9 @@ class Hook:
         """Top-level entries this feature adds to results.json (read after every round)."""
         return {}
 
+    def written(self, out_dir, row: dict) -> None:
+        """After a round's row is written to results.json (as written there): trackers log it."""
+
     def finish(self, out_dir, rounds: list[dict]) -> dict | None:
         """After the last round: write this feature's own files (plots) into the run folder; return entries for
         results.json's "final" (or None)."""
