@@ -75,6 +75,9 @@ def test_a_run_learns_and_records_its_base(tmp_path):
     assert data["final"]["perplexity"] == pytest.approx(2.718281828 ** data["final"]["loss"], rel=1e-6)
     assert 0 <= data["final"]["rougeL"] <= 1 and data["final"]["accuracy"] is None
     assert data["exported"][0].startswith("adapter/") and "head.safetensors" not in data["exported"]
+    samples = data["final"]["samples"]
+    assert len(samples) == 3 and all(set(s) == {"prompt", "reference", "base", "trained"} for s in samples)
+    assert samples[0]["prompt"].startswith(("Define", "Use", "Give"))
 
 
 def test_a_users_jsonl_with_its_own_columns_runs_as_natural_clients(tmp_path):

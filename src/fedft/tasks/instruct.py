@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from fedft.errors import UsageError
+from fedft.fl.hooks import Hook
 from fedft.fl.parts import part
 from fedft.tasks.base import TASKS, Task
 
@@ -168,6 +169,7 @@ class Instruct(Task):
         examples, cut = encode(raw.chats, backbone.tokenizer, config.model.max_length, f"data.name = "
                                f"{config.data.name!r}: ")
         examples.answers = raw.answers
+        examples.questions = [c[-2]["content"] if len(c) > 1 else "" for c in raw.chats]  # for results' samples
         examples.cut = cut
         return examples
 
@@ -196,6 +198,7 @@ class Instruct(Task):
         out = {"accuracy": None, "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         if self.generate:
             answers = self.answer(model, data, range(min(self.generate, len(data))), precision)
+            self.answers = answers  # the last evaluation's (results.json's samples)
             out.update(score(answers, data, range(len(answers))))
         return out
 
@@ -238,6 +241,22 @@ def _causal(model: nn.Module) -> CausalLM:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+SAMPLES = 3  # held-out prompts shown in results.json with the base model's and the trained model's answers
+
+
+class Samples(Hook):
+    """results.json's final.samples: the first held-out prompts, their references, and the answers of the base
+    model and of the model as the last evaluation left it."""
+
+    def __init__(self, task: Instruct, samples: list[dict]) -> None:
+        self.task, self.samples = task, samples
+
+    def finish(self, out_dir, rounds):
+        for i, s in enumerate(self.samples):
+            s["trained"] = self.task.answers[i]
+        return {"samples": self.samples}
+
+
 @part(2)
 def instruct_base(b) -> None:
     """results.json's `base`: the same metrics for the model before the first round; and where the weights came
@@ -253,4 +272,8 @@ def instruct_base(b) -> None:
         b.record["model_weights"] = note
     b.record["base"] = exp.task.evaluate(exp.model, exp.test, precision=b.pool.cfg.precision)
     b.record["prompts"] = {"train": getattr(exp.train, "cut", {}), "test": getattr(exp.test, "cut", {})}
+    shown = min(SAMPLES, len(getattr(exp.task, "answers", [])))
+    b.final["samples"] = [{"prompt": exp.test.questions[i], "reference": exp.test.references[i],
+                           "base": exp.task.answers[i]} for i in range(shown)]
+    b.fed.hooks.append(Samples(exp.task, b.final["samples"]))
     b.log(f"base model: held-out loss {b.record['base']['loss']:.4f}, ROUGE-L {b.record['base'].get('rougeL')}")
