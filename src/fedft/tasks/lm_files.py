@@ -26,9 +26,15 @@ def _export_info(run: Path) -> dict:
 def load_trained(run: str | Path):
     """(model, tokenizer) of an instruct run: its base, the frozen weights a LoRA variant changed, then the adapter
     (merged) or the trained backbone tensors."""
+    import warnings
+
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     run = Path(run)
     info = _export_info(run)
     base = info.get("base")

@@ -1,0 +1,97 @@
+"""The instruct task's cost on SmolLM2-135M: fedft's client step against plain peft's on the same batch, and what
+many simulated clients add to peak memory over the one shared base model.
+
+    .venv/bin/python benchmarks/llm.py [--steps 6] [--clients 100] [--config configs/llm-wordnet.toml]
+
+1. Memory. Peak resident memory (ru_maxrss) after the experiment is built, then after one federated round in
+   which --clients clients (one batch each) train and send their LoRA state: the growth, against --clients x the
+   LoRA state's size (what their updates weigh, held until aggregation).
+2. Step time. One batch (fl.batch_size rows of the config's training data, as fedft batches them). fedft: its
+   train_batches on the run's model (peft LoRA inside fedft's wrapper, its loss counting response tokens only).
+   plain: AutoModelForCausalLM.from_pretrained(BASE) + peft get_peft_model with the same LoraConfig, AdamW at the
+   same lr, the Hugging Face loss (`labels=`), the same batch. Steps interleaved (fedft, plain, fedft, ...) after
+   one warm-up each; prints the median seconds of each and fedft/plain.
+Prints the CPU; run it alone (nothing else on the cores).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/llm-wordnet.toml")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--clients", type=int, default=100)
+    args = ap.parse_args()
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from fedft.api import assemble, prepare
+    from fedft.config import load_config
+    from fedft.fl.client import make_optimizer, train_batches
+    from fedft.fl.loop import federated
+    from fedft.fl.precision import cpu_name
+
+    torch.manual_seed(0)
+    print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    config = load_config(args.config, [f"data.num_clients={args.clients}", f"fl.clients_per_round={args.clients}",
+                                       'data.partition="iid"', "fl.rounds=1", "task.generate=0",
+                                       "data.train_per_class=8"])  # about 8 rows, one batch, a client
+    exp = prepare(config)
+    built = rss_mb()
+    state_mb = sum(p.numel() * 4 for p in exp.params.values()) / 1e6
+    print(f"built: peak RSS {built:.0f} MB; LoRA state {state_mb:.2f} MB ({sum(p.numel() for p in exp.params.values()):,} "
+          f"parameters)")
+
+    b = assemble(exp)
+    before = rss_mb()  # first the memory (ru_maxrss only grows: before the plain model is loaded)
+    row = next(federated(b.fed))
+    after = rss_mb()
+    print(f"one round of {row.sampled} clients ({row.returned} updates): peak RSS {before:.0f} -> {after:.0f} MB "
+          f"(+{after - before:.0f} MB); {row.sampled} x LoRA state = {row.sampled * state_mb:.0f} MB")
+    idx = np.arange(config.fl.batch_size)
+    inputs, targets = exp.train.batch(idx)
+    print(f"batch: {tuple(inputs['input_ids'].shape)} tokens, {int((targets != -100).sum())} response tokens")
+    opt = make_optimizer(exp.params, b.pool.cfg)
+
+    plain = AutoModelForCausalLM.from_pretrained(exp.model_source, dtype="float32")
+    plain = get_peft_model(plain, LoraConfig(r=config.method.rank, lora_alpha=config.method.alpha,
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    plain.train()
+    plain_opt = torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=exp.lr)
+
+    def fedft_step():
+        train_batches(exp.model, exp.params, exp.train, [idx], opt, None, "fp32", exp.task.loss)
+
+    def plain_step():
+        out = plain(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=targets)
+        plain_opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        plain_opt.step()
+
+    times = {"fedft": [], "plain": []}
+    fedft_step(), plain_step()  # warm-up
+    for _ in range(args.steps):
+        for name, fn in (("fedft", fedft_step), ("plain", plain_step)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    f, p = statistics.median(times["fedft"]), statistics.median(times["plain"])
+    print(f"step: fedft {f:.3f} s, plain peft {p:.3f} s (median of {args.steps}); fedft/plain = {f / p:.3f}")
+
+
+
+if __name__ == "__main__":
+    main()
