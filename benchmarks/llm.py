@@ -3,9 +3,10 @@ many simulated clients add to peak memory over the one shared base model.
 
     .venv/bin/python benchmarks/llm.py [--steps 6] [--clients 100] [--config configs/llm-wordnet.toml]
 
-1. Memory. Peak resident memory (ru_maxrss) after the experiment is built, then after one federated round in
-   which --clients clients (one batch each) train and send their LoRA state: the growth, against --clients x the
-   LoRA state's size (what their updates weigh, held until aggregation).
+1. Memory. Peak resident memory (ru_maxrss, which only grows) after one federated round of 10 clients (one batch
+   each: the training step's own working memory is in it), then after a round of --clients clients on the same
+   shared model: the growth is what the extra clients cost (their updates, held until aggregation), against
+   (--clients - 10) x the LoRA state's size.
 2. Step time. One batch (fl.batch_size rows of the config's training data, as fedft batches them). fedft: its
    train_batches on the run's model (peft LoRA inside fedft's wrapper, its loss counting response tokens only).
    plain: AutoModelForCausalLM.from_pretrained(BASE) + peft get_peft_model with the same LoraConfig, AdamW at the
@@ -16,6 +17,7 @@ Prints the CPU; run it alone (nothing else on the cores).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import statistics
 import time
@@ -46,7 +48,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     print(f"CPU: {cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    config = load_config(args.config, [f"data.num_clients={args.clients}", f"fl.clients_per_round={args.clients}",
+    config = load_config(args.config, [f"data.num_clients={args.clients}", "fl.clients_per_round=10",
                                        'data.partition="iid"', "fl.rounds=1", "task.generate=0",
                                        "data.train_per_class=8"])  # about 8 rows, one batch, a client
     exp = prepare(config)
@@ -55,12 +57,16 @@ def main() -> None:
     print(f"built: peak RSS {built:.0f} MB; LoRA state {state_mb:.2f} MB ({sum(p.numel() for p in exp.params.values()):,} "
           f"parameters)")
 
-    b = assemble(exp)
-    before = rss_mb()  # first the memory (ru_maxrss only grows: before the plain model is loaded)
+    b = assemble(exp)  # first the memory (ru_maxrss only grows: before the plain model is loaded)
     row = next(federated(b.fed))
-    after = rss_mb()
-    print(f"one round of {row.sampled} clients ({row.returned} updates): peak RSS {before:.0f} -> {after:.0f} MB "
-          f"(+{after - before:.0f} MB); {row.sampled} x LoRA state = {row.sampled * state_mb:.0f} MB")
+    small = rss_mb()
+    print(f"one round of {row.sampled} clients: peak RSS {small:.0f} MB")
+    exp.config = dataclasses.replace(config, fl=dataclasses.replace(config.fl, clients_per_round=args.clients))
+    row = next(federated(assemble(exp).fed))
+    big = rss_mb()
+    extra = row.sampled - 10
+    print(f"one round of {row.sampled} clients: peak RSS {big:.0f} MB: +{big - small:.0f} MB for {extra} more clients, "
+          f"whose LoRA states weigh {extra * state_mb:.0f} MB")
     idx = np.arange(config.fl.batch_size)
     inputs, targets = exp.train.batch(idx)
     print(f"batch: {tuple(inputs['input_ids'].shape)} tokens, {int((targets != -100).sum())} response tokens")
