@@ -1,7 +1,7 @@
 """The instruct task's cost on SmolLM2-135M: fedft's client step against plain peft's on the same batch, and what
 many simulated clients add to peak memory over the one shared base model.
 
-    .venv/bin/python benchmarks/llm.py [--steps 6] [--clients 100] [--config configs/llm-wordnet.toml]
+    .venv/bin/python benchmarks/llm.py [--steps 10] [--skip-memory] [--clients 100] [--config configs/llm-wordnet.toml]
 
 1. Memory. Peak resident memory (ru_maxrss, which only grows) after one federated round of 10 clients (one batch
    each: the training step's own working memory is in it), then after a round of --clients clients on the same
@@ -33,17 +33,13 @@ def rss_mb() -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="configs/llm-wordnet.toml")
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--skip-memory", action="store_true", help="only the step time")
     args = ap.parse_args()
-
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
 
     from fedft.api import assemble, prepare
     from fedft.config import load_config
-    from fedft.fl.client import make_optimizer, train_batches
-    from fedft.fl.loop import federated
     from fedft.fl.precision import cpu_name
 
     torch.manual_seed(0)
@@ -58,15 +54,32 @@ def main() -> None:
           f"parameters)")
 
     b = assemble(exp)  # first the memory (ru_maxrss only grows: before the plain model is loaded)
+    if not args.skip_memory:
+        memory(b, exp, config, args.clients, state_mb)
+    step_time(b, exp, config, args.steps)
+
+
+def memory(b, exp, config, clients: int, state_mb: float) -> None:
+    from fedft.api import assemble
+    from fedft.fl.loop import federated
+
     row = next(federated(b.fed))
     small = rss_mb()
     print(f"one round of {row.sampled} clients: peak RSS {small:.0f} MB")
-    exp.config = dataclasses.replace(config, fl=dataclasses.replace(config.fl, clients_per_round=args.clients))
+    exp.config = dataclasses.replace(config, fl=dataclasses.replace(config.fl, clients_per_round=clients))
     row = next(federated(assemble(exp).fed))
     big = rss_mb()
     extra = row.sampled - 10
     print(f"one round of {row.sampled} clients: peak RSS {big:.0f} MB: +{big - small:.0f} MB for {extra} more clients, "
           f"whose LoRA states weigh {extra * state_mb:.0f} MB")
+
+
+def step_time(b, exp, config, steps: int) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from fedft.fl.client import make_optimizer, train_batches
+
     idx = np.arange(config.fl.batch_size)
     inputs, targets = exp.train.batch(idx)
     print(f"batch: {tuple(inputs['input_ids'].shape)} tokens, {int((targets != -100).sum())} response tokens")
@@ -89,14 +102,13 @@ def main() -> None:
 
     times = {"fedft": [], "plain": []}
     fedft_step(), plain_step()  # warm-up
-    for _ in range(args.steps):
+    for _ in range(steps):
         for name, fn in (("fedft", fedft_step), ("plain", plain_step)):
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
     f, p = statistics.median(times["fedft"]), statistics.median(times["plain"])
-    print(f"step: fedft {f:.3f} s, plain peft {p:.3f} s (median of {args.steps}); fedft/plain = {f / p:.3f}")
-
+    print(f"step: fedft {f:.3f} s, plain peft {p:.3f} s (median of {steps}); fedft/plain = {f / p:.3f}")
 
 
 if __name__ == "__main__":

@@ -349,3 +349,41 @@ def test_node_keys_are_checked(tmp_path, capsys):
     assert main(["deploy", "register", str(tmp_path / "k" / "node.key"), "--superlink", "127.0.0.1:1",
                  "--insecure"]) == 2
     assert "is not an OpenSSH public key" in capsys.readouterr().err
+
+
+INSTRUCT = """
+[model]
+name = "tiny-llama"
+max_length = 48
+[data]
+name = "wordnet-instruct"
+num_clients = 2
+partition = "iid"
+train_per_class = 2
+test_per_class = 1
+[fl]
+rounds = 2
+clients_per_round = 2
+batch_size = 8
+lr = 0.01
+precision = "fp32"
+[task]
+generate = 2
+max_new_tokens = 4
+"""
+
+
+def test_flower_sim_trains_the_instruct_task_as_the_engine_does(tmp_path, flower_env):
+    """The ClientApps train with the run's own task (a causal LM's response-token loss, not the classifier's):
+    on Flower's simulation runtime the instruct run is bit-identical to the engine's on one thread."""
+    pytest.importorskip("ray")
+    config = tmp_path / "instruct.toml"
+    config.write_text(INSTRUCT)
+    engine_on_one_thread(config, tmp_path / "engine")
+    assert main(["run", str(config), "--set", 'fl.backend="flower-sim"', "--out", str(tmp_path / "sim"),
+                 "--quiet"]) == 0
+    want, got = adapter(tmp_path / "engine"), adapter(tmp_path / "sim")
+    assert set(want) == set(got) and all(torch.equal(want[k], got[k]) for k in want)
+    rows = [json.loads((f / "results.json").read_text())["rounds"] for f in (tmp_path / "engine", tmp_path / "sim")]
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(rows[0]) == strip(rows[1]) and rows[1][-1]["rougeL"] is not None

@@ -196,3 +196,11 @@ def test_adapter_and_merged_exports_generate_in_plain_transformers(tmp_path, bas
     weights = load_file(str(result.out_dir / "adapter" / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # trained, not zero
     assert all(k.startswith("base_model.model.model.layers.") for k in weights)  # AutoModelForCausalLM's names
+
+
+@pytest.mark.parametrize("mode", ["local", "central"])
+def test_local_only_and_central_baselines_report_the_tasks_metrics(tmp_path, mode):
+    result = fedft.run(load_config(None, wordnet(**{"fl.mode": mode})), tmp_path / mode)
+    rows = json.loads((result.out_dir / "results.json").read_text())["rounds"]
+    assert all(r["rougeL"] is not None and r["perplexity"] is not None for r in rows)
+    assert result.final["rougeL"] == rows[-1]["rougeL"] and result.final["accuracy"] is None

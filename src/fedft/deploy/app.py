@@ -137,6 +137,7 @@ class Node:
     clients: list[np.ndarray]
     lr: float
     classes: list[str]
+    task: str = "classify"  # the run's task (its loss trains this node)
 
     @property
     def names(self) -> list[str]:
@@ -156,13 +157,13 @@ class Node:
         from fedft.fl.strategies import STRATEGIES
         from fedft.fl.precision import resolve
         from fedft.methods import METHODS, trainable_parameters
-        from fedft.tasks.classify import CLASSIFY
+        from fedft.tasks import TASKS
 
         fl = self.config.fl
         keep = METHODS.get(self.config.method.name, "method.name").keep_fp32
         prec = resolve(fl.precision, next(self.model.parameters()).device, keep, _warn_once)  # this node's machine
         cfg = TrainConfig(fl.local_epochs, fl.batch_size, self.lr, fl.weight_decay, 0.0, fl.group_by_length,
-                          prec.used, CLASSIFY.loss, fl.optimizer, fl.momentum)
+                          prec.used, TASKS.get(self.task, "task.name")().loss, fl.optimizer, fl.momentum)
         pool = Pool(self.model, trainable_parameters(self.model), self.train, self.clients, cfg, fl.seed)
         ins = STRATEGIES.get(fl.strategy, "fl.strategy")(fl).configure_train(rnd, [self.cid], start)[0]
         return OneByOne(pool).train(rnd, [ins])[0]
@@ -243,7 +244,7 @@ def prepare_node(config: Config, own: str) -> Node:
         exp = prepare(dataclasses.replace(config, data=data))
     else:
         exp = prepare(config)
-    return Node(-1, config, exp.model, exp.train, exp.clients, exp.lr, exp.classes)
+    return Node(-1, config, exp.model, exp.train, exp.clients, exp.lr, exp.classes, exp.task.name)
 
 
 def query(msg: Message, context: Context) -> Message:

@@ -149,12 +149,14 @@ def local_only(f: Federation) -> Iterator[Row]:
         for cid, state in enumerate(states) if f.eval_round(rnd) else []:
             load_state(f.params, state)
             scores.append(f.evaluate(cid))
-        mean = {k: _mean([s.get(k) for s in scores]) for k in ("accuracy", "loss", "personal_accuracy",
-                                                                 "client_accuracy")}
+        keys = ["accuracy", "loss", "personal_accuracy", "client_accuracy"]
+        keys += [k for k in (scores[0] if scores else {}) if k not in keys and k != "client_accuracy_std"]
+        mean = {k: _mean([s.get(k) for s in scores]) for k in keys}  # a task's own metrics too (instruct)
         own = [s["client_accuracy"] for s in scores if s.get("client_accuracy") is not None]
+        rest = {k: v for k, v in mean.items() if k not in ("accuracy", "loss")}
         yield Row(rnd, mean["accuracy"], mean["loss"], mean_loss(updates), 0, 0, cids, time.perf_counter() - t0,
-                  f.num_clients, f.num_clients, personal_accuracy=mean["personal_accuracy"],
-                  client_accuracy=mean["client_accuracy"], client_accuracy_std=float(np.std(own)) if own else None)
+                  f.num_clients, f.num_clients, client_accuracy_std=float(np.std(own)) if own else None,
+                  **_split(rest))
 
 
 def central(f: Federation) -> Iterator[Row]:
@@ -178,9 +180,9 @@ def central(f: Federation) -> Iterator[Row]:
                              loss_fn=pool.cfg.loss)
         pool.tick()
         scores = f.evaluate() if f.eval_round(rnd) else {"accuracy": None, "loss": None}
+        rest = {k: v for k, v in scores.items() if k not in ("accuracy", "loss")}
         yield Row(rnd, scores["accuracy"], scores["loss"], loss, 0, 0, [], time.perf_counter() - t0,
-                  personal_accuracy=scores.get("personal_accuracy"), client_accuracy=scores.get("client_accuracy"),
-                  client_accuracy_std=scores.get("client_accuracy_std"))
+                  **_split(rest))
 
 
 MODES = {"federated": federated, "local": local_only, "central": central}
