@@ -202,5 +202,6 @@ def test_adapter_and_merged_exports_generate_in_plain_transformers(tmp_path, bas
 def test_local_only_and_central_baselines_report_the_tasks_metrics(tmp_path, mode):
     result = fedft.run(load_config(None, wordnet(**{"fl.mode": mode})), tmp_path / mode)
     rows = json.loads((result.out_dir / "results.json").read_text())["rounds"]
-    assert all(r["rougeL"] is not None and r["perplexity"] is not None for r in rows)
+    assert rows[-1]["loss"] is not None and all(set(r) == set(rows[-1]) for r in rows)
+    assert all((r["rougeL"] is not None and r["perplexity"] is not None) == (r["loss"] is not None) for r in rows)
     assert result.final["rougeL"] == rows[-1]["rougeL"] and result.final["accuracy"] is None

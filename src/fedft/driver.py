@@ -206,6 +206,8 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         for row in MODES[fl.mode](b.fed):
             r = dataclasses.asdict(row)
             r.update(r.pop("extra"))
+            for k in getattr(exp.task, "metrics", ()):  # the same columns every round, evaluated or not
+                r.setdefault(k, None)
             record["rounds"].append(r)
             if keep:  # first the checkpoint (it holds the rows too), then results.json
                 checkpoint.save(out, {**b.fed.progress, "rows": record["rounds"], "config": record["config"]})
