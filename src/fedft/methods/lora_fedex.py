@@ -34,8 +34,7 @@ def residuals(states: list[dict], p: torch.Tensor, pairs) -> dict[str, torch.Ten
 def fedex(b) -> None:
     if b.exp.config.method.variant != "fedex":
         return
-    hook = FoldHook(b.exp.model, lora_pairs(b.exp.params))
-    hook.name, hook.summable = "fedex", True
+    hook = FoldHook(b.exp.model, lora_pairs(b.exp.params), "fedex", summable=True)
     inner, dtype = b.fed.strategy.aggregate, b.exp.config.comm.dtype
 
     def aggregate(rnd, current, updates):

@@ -38,8 +38,7 @@ def fresh_a(shape, rnd: int, seed: int, key: str) -> torch.Tensor:
 def flora(b) -> None:
     if b.exp.config.method.variant != "flora":
         return
-    hook = FoldHook(b.exp.model, lora_pairs(b.exp.params))
-    hook.name = "flora"
+    hook = FoldHook(b.exp.model, lora_pairs(b.exp.params), "flora", summable=False)
     inner, dtype, seed = b.fed.strategy.aggregate, b.exp.config.comm.dtype, b.exp.config.fl.seed
 
     def aggregate(rnd, current, updates):

@@ -28,11 +28,12 @@ def weights_of(updates) -> tuple[list, torch.Tensor]:
 
 
 class FoldHook(Hook):
+    """`name`: its entry in results.json; `summable`: dense folds add up, so a client that missed several receives
+    their sum (one payload); otherwise (FLoRA's stacked factors) each missed fold is sent."""
     order = 85
-    name = "fold"
 
-    def __init__(self, model, pairs) -> None:
-        self.pairs = pairs
+    def __init__(self, model, pairs, name: str, summable: bool) -> None:
+        self.pairs, self.name, self.summable = pairs, name, summable
         self.base = {prefix: model.get_parameter(prefix + ".base_layer.weight") for _, _, prefix in pairs}
         self.scaling = {prefix: float(model.get_submodule(prefix).scaling["default"]) for _, _, prefix in pairs}
         self.costs: list[int] = []  # bytes a client receives for each fold it missed
@@ -44,8 +45,6 @@ class FoldHook(Hook):
             for prefix, d in dense.items():
                 self.base[prefix].add_(self.scaling[prefix] * d.to(self.base[prefix].dtype))
         self.costs.append(cost)
-
-    summable = False  # dense folds add up: a client that missed several receives their sum, one payload
 
     def configure(self, rnd, instructions, log):
         for ins in instructions:  # the folds it missed go down before it trains
