@@ -44,14 +44,10 @@ class Lora(Method):
         """A PEFT adapter of the plain backbone in `adapter/`: `PeftModel.from_pretrained(AutoModel.from_pretrained(
         base), "RUN/adapter")` loads every LoRA weight. The head goes to head.safetensors (methods/export.py)."""
         import copy
-        import json
-        import shutil
-        import tempfile
 
         from peft.utils import get_peft_model_state_dict
-        from safetensors.torch import save_file
 
-        from fedft.methods.export import BACKBONE, write_plain
+        from fedft.methods.export import BACKBONE, write_adapter
 
         config = copy.deepcopy(model.peft_config["default"])
         config.base_model_name_or_path = meta.get("model_source")
@@ -59,14 +55,4 @@ class Lora(Method):
         prefix = f"base_model.model.{BACKBONE}"
         state = {k.replace(prefix, "base_model.model.", 1): v.detach().contiguous().cpu()
                  for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items() if k.startswith(prefix)}
-        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".adapter-"))
-        config.save_pretrained(str(tmp))
-        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (tmp / "fedft.json").write_text(json.dumps(dict(meta, method=self.name), indent=2))
-        final = out_dir / "adapter"
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.chmod(0o755)
-        tmp.rename(final)  # the whole folder appears at once
-        files = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/fedft.json"]
-        return files + write_plain(model, out_dir, dict(meta, method=self.name), None, files)
+        return write_adapter(model, out_dir, dict(meta, method=self.name), config, state)

@@ -20,7 +20,6 @@ method's are). The export is a plain PEFT LoRA adapter: lora_B = B R and lora_A 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +87,9 @@ class LoraSB(Method):
 
     def export(self, model, out_dir: Path, meta: dict) -> list[str]:
         """A plain PEFT LoRA adapter (lora_B = B R, lora_A = A) in `adapter/`, the head in head.safetensors."""
-        import shutil
-        import tempfile
-
         from peft import LoraConfig
-        from safetensors.torch import save_file
 
-        from fedft.methods.export import write_plain
+        from fedft.methods.export import write_adapter
 
         modules = sb_modules(model)
         state = {}
@@ -106,17 +101,7 @@ class LoraSB(Method):
         targets = sorted({name.split(".")[-1] for name in modules})
         config = LoraConfig(r=self.cfg.rank, lora_alpha=self.cfg.alpha, target_modules=targets,
                             base_model_name_or_path=meta.get("model_source"))
-        tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".adapter-"))
-        config.save_pretrained(str(tmp))
-        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (tmp / "fedft.json").write_text(json.dumps(dict(meta, method=self.name), indent=2))
-        final = out_dir / "adapter"
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.chmod(0o755)
-        tmp.rename(final)
-        files = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/fedft.json"]
-        return files + write_plain(model, out_dir, dict(meta, method=self.name), None, files)
+        return write_adapter(model, out_dir, dict(meta, method=self.name), config, state)
 
 
 def approximate_update(model: nn.Module, modules: dict[str, nn.Linear], data, clients: list[np.ndarray],
