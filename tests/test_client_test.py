@@ -7,6 +7,7 @@ import pytest
 import fedft
 from fedft.config import load_config
 from fedft.data.partition import hold_out
+from fedft.report import read_clients
 
 
 def test_hold_out_takes_a_seeded_share_of_each_client_and_never_all():
@@ -35,7 +36,7 @@ def test_client_rows_stay_out_of_training_and_are_scored_each_evaluation(tiny, t
     result = fedft.run(config, tmp_path / mode)
     data = json.loads((result.out_dir / "results.json").read_text())
     assert data["client_test"]["rows"] == [len(h) for h in exp.client_tests]
-    assert data["client_sizes"] == [len(c) for c in exp.clients]
+    assert read_clients(result.out_dir)["rows"] == [len(c) for c in exp.clients]
     scored = [r for r in data["rounds"] if r["accuracy"] is not None]
     assert scored and all(0 <= r["client_accuracy"] <= 1 and r["client_accuracy_std"] >= 0 for r in scored)
     assert data["final"]["client_accuracy"] == scored[-1]["client_accuracy"]

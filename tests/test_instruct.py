@@ -13,6 +13,7 @@ from fedft.config import load_config
 from fedft.errors import UsageError
 from fedft.models.causal import tiny_llama, tiny_tokenizer
 from fedft.tasks.instruct import IGNORE, Instruct, encode, exact
+from fedft.report import read_clients
 
 CHAT = [{"role": "user", "content": "define the word dog"}, {"role": "assistant", "content": "a domestic animal"}]
 
@@ -91,7 +92,7 @@ def test_a_users_jsonl_with_its_own_columns_runs_as_natural_clients(tmp_path):
         "fl.clients_per_round": 2, "fl.rounds": 1, "data.test_fraction": 0.25, "task.generate": 2}.items()]
     result = fedft.run(load_config(None, sets), tmp_path / "run")
     data = json.loads((result.out_dir / "results.json").read_text())
-    assert data["client_sizes"] == [3, 3, 3] and data["num_test"] == 3 and data["classes"] == ["east", "north", "south"]
+    assert read_clients(result.out_dir)["rows"] == [3, 3, 3] and data["clients"]["count"] == 3 and data["num_test"] == 3 and data["classes"] == ["east", "north", "south"]
 
 
 @pytest.mark.parametrize("rows, words", [

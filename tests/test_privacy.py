@@ -10,6 +10,7 @@ from fedft.api import prepare, run
 from fedft.config import DPConfig, load_config
 from fedft.fl.availability import client_fates
 from fedft.fl.privacy import ClientDP, clip_update, update_norm
+from fedft.report import read_clients
 
 
 def rounds_of(tmp_path, tiny, name, **overrides):
@@ -180,7 +181,7 @@ def test_sample_level_dp_epsilon_is_the_worst_clients_opacus_epsilon(tiny, tmp_p
 
     _, record = rounds_of(tmp_path, tiny, "sdp", **{"method.name": "lora", "dp.mode": "sample",
                                                      "dp.noise_multiplier": 1.1, "fl.rounds": 3, "fl.batch_size": 8})
-    sizes, history = record["client_sizes"], {}
+    sizes, history = read_clients(tmp_path / "sdp")["rows"], {}
     for r in record["rounds"]:
         for cid in r["clients"]:
             history.setdefault(cid, []).append((1.1, min(1.0, 8 / sizes[cid]), -(-sizes[cid] // 8)))
@@ -215,7 +216,7 @@ def test_participation_is_what_the_loop_draws(tiny, tmp_path):
     res = run(config, tmp_path / "run")
     sampler, n = client_sampler(config.fl), config.data.num_clients
     assert [r["clients"] for r in res.rounds] == [sample_clients(sampler, config.fl, n) for _ in res.rounds]
-    sizes = json.loads((tmp_path / "run" / "results.json").read_text())["client_sizes"]
+    sizes = read_clients(tmp_path / "run")["rows"]
     counts = participation(config.fl, sizes)
     assert sum(counts) == sum(r["returned"] for r in res.rounds) < sum(r["sampled"] for r in res.rounds)
 

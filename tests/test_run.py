@@ -9,6 +9,7 @@ import torch
 import fedft
 from fedft.config import load_config
 from fedft.methods import METHODS
+from fedft.report import read_clients
 
 KEYS_ROUND = {"round", "accuracy", "loss", "bytes_up", "bytes_down", "clients", "seconds"}
 KEYS_FINAL = {"accuracy", "bytes_total", "trainable_params", "total_params"}
@@ -186,7 +187,7 @@ def test_central_baseline_matches_the_federated_examples_or_steps(tmp_path, tiny
     config = load_config(None, tiny(**{"fl.mode": "central", "fl.central_budget": budget, "fl.rounds": 2,
                                        "fl.batch_size": 8}))
     fedft.run(config, tmp_path / "central")
-    sizes = json.loads((tmp_path / "central" / "results.json").read_text())["client_sizes"]
+    sizes = read_clients(tmp_path / "central")["rows"]
     mean, k = sum(sizes) / len(sizes), config.fl.clients_per_round
     want = round(mean * (k if budget == "examples" else 1))
     assert len(seen) == 2 and all(sum(r) == want * config.fl.local_epochs for r in seen)

@@ -15,6 +15,7 @@ from fedft.data.partition import partition
 from fedft.errors import UsageError
 
 from conftest import WORDS
+from fedft.report import read_clients
 
 SITES = ["north", "south", "east", "west"]
 
@@ -129,7 +130,9 @@ def test_natural_run_uses_the_sites_as_clients(files, tiny, tmp_path, capsys):
     result = fedft.run(load_config(None, sets), tmp_path / "nat", log=print)
     data = json.loads((result.out_dir / "results.json").read_text())
     d = load_data(DataConfig(name=f"jsonl:{files['jsonl']}", partition="natural", **MAPPED))
-    assert data["client_sizes"] == [int((d.groups == k).sum()) for k in range(4)]
+    table = read_clients(result.out_dir)
+    assert table["rows"] == [int((d.groups == k).sum()) for k in range(4)] and table["name"] == d.group_names
+    assert data["clients"]["count"] == 4 and data["clients"]["max"] == max(table["rows"])
     assert "(96 rows read, 96 used)" in capsys.readouterr().out
 
 

@@ -28,7 +28,7 @@ from fedft.fl.strategies import STRATEGIES
 from fedft.methods.base import count_parameters
 from fedft.registry import discover
 from fedft import plots
-from fedft.report import write_csv, write_json
+from fedft.report import CLIENTS_TABLE, write_clients, write_csv, write_json
 
 PART_PACKAGES = ("fedft.fl", "fedft.methods", "fedft.proxy")  # where run parts register themselves
 
@@ -52,7 +52,7 @@ def assemble(exp: Experiment, tick: Callable[[], None] = lambda: None, log=None,
     strategy = STRATEGIES.get(fl.strategy, "fl.strategy")(fl, len(exp.clients))
     fed = Federation(exp.params, len(exp.clients), fl, strategy, OneByOne(pool),
                      Channel(config.comm.dtype, config.comm.error_feedback), evaluate=lambda: None,
-                     hooks=[Availability(fl, [len(c) for c in exp.clients]), Attack(fl, len(exp.clients)),
+                     hooks=[Availability(fl, exp.clients.sizes), Attack(fl, len(exp.clients)),
                             Validation(fl)], tick=tick, resume=resume)
     b = Build(exp, pool, fed, exp.test, {"feature_cache": None, "dp": None}, log=log or (lambda line: None))
     profiles = b.profiles = exp.task.profiles(exp.train, exp.clients)  # what the personal score weighs by
@@ -180,11 +180,12 @@ def run(config: Config, out_dir: str | Path | None = None, progress: bool = Fals
         raise
     (log or (lambda line: None))(start_line(config, len(exp.clients), exp.precision, exp.data_report))
     out.mkdir(parents=True, exist_ok=True)
+    write_clients(out / CLIENTS_TABLE, exp.clients, exp.clients.names)
     payload = len(comm.encode({k: p.detach() for k, p in exp.params.items()}, config.comm.dtype))
     record = {
         "config": config.to_dict(), "status": "running", "lr": exp.lr, "model_source": exp.model_source,
         "classes": exp.classes, "num_train": len(exp.train), "num_test": len(exp.test),
-        "client_sizes": [len(c) for c in exp.clients], "precision": _precision_record(exp.precision, remote),
+        "clients": {**exp.clients.summary(), "table": CLIENTS_TABLE}, "precision": _precision_record(exp.precision, remote),
         "machine": _machine(), **({"data": exp.data_report} if exp.data_report else {}), **b.record,
         "rounds": [], "final": None,
     }

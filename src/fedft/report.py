@@ -44,6 +44,28 @@ def write_json(path: Path, data: dict) -> None:
     atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n"))
 
 
+CLIENTS_TABLE = "clients.parquet"
+
+
+def write_clients(path: Path, clients, names: list[str] | None = None) -> None:
+    """Every client's number of training rows (and its name, for natural clients), one row each, as parquet: the
+    part of the record that grows with the clients stays out of results.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = {"client": pa.array(range(len(clients)), type=pa.int64()), "rows": pa.array(clients.sizes)}
+    if names is not None:
+        columns["name"] = pa.array(names, type=pa.string())
+    atomic_write(path, lambda p: pq.write_table(pa.table(columns), p))
+
+
+def read_clients(run_dir: Path) -> dict[str, list]:
+    """clients.parquet of a run folder as columns (client, rows, name)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(run_dir) / CLIENTS_TABLE).to_pydict()
+
+
 def write_csv(path: Path, rounds: list[dict]) -> None:
     def write(p: Path) -> None:
         with p.open("w", newline="") as f:

@@ -21,6 +21,7 @@ from flwr.client.mod import secaggplus_mod
 from flwr.serverapp import Grid, ServerApp
 
 from fedft.config import Config
+from fedft.data.clients import Clients
 from fedft.errors import UsageError
 from fedft.fl.messages import Instruction, State, Update
 from fedft.fl.runners import Runner
@@ -214,8 +215,10 @@ def node(context: Context) -> Node:
         torch.save(base, tmp)
         os.replace(tmp, path)
     _PREPARED[key] = base
-    clients = [np.empty(0, dtype=np.int64)] * config.data.num_clients
-    clients[cid] = base.clients[0 if nc.get("data") else cid]  # seeds depend on the client id, as in the simulation
+    own = base.clients[0 if nc.get("data") else cid]  # seeds depend on the client id, as in the simulation
+    sizes = np.zeros(config.data.num_clients, dtype=np.int64)
+    sizes[cid] = len(own)
+    clients = Clients.by_size(own, sizes)  # this node's rows under its own id, every other client empty
     return dataclasses.replace(base, cid=cid, clients=clients)
 
 

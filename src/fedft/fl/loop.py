@@ -165,7 +165,7 @@ def central(f: Federation) -> Iterator[Row]:
     steps: as many optimizer steps as one client of mean size makes in a round (1 / num_clients of the pooled
     data, local_epochs times, at the same batch size)."""
     pool, fl = f.runner.pool, f.fl
-    pooled = np.concatenate(pool.clients)
+    pooled = pool.clients.flat if hasattr(pool.clients, "flat") else np.concatenate(pool.clients)  # client order
     share = fl.clients_per_round if fl.central_budget == "examples" else 1
     per_round = max(1, round(len(pooled) * share / len(pool.clients)))
     rng = np.random.default_rng(client_seed(fl.seed, 2))

@@ -65,14 +65,9 @@ class Classify(Task):
         return cross_entropy(outputs, targets, reduction)
 
     def profiles(self, train, clients):
-        """(clients, classes): each client's share of every label in its training data (a row of zeros: no data)."""
+        """Each client's share of every label in its training data (LabelShares)."""
         labels = np.asarray(train.labels.cpu() if hasattr(train.labels, "cpu") else train.labels)
-        k = int(labels.max()) + 1 if len(labels) else 0
-        out = np.zeros((len(clients), k))
-        for c, idx in enumerate(clients):
-            if len(idx):
-                out[c] = np.bincount(labels[np.asarray(idx)], minlength=k)[:k] / len(idx)
-        return out
+        return LabelShares(clients, labels, int(labels.max()) + 1 if len(labels) else 0)
 
     @torch.inference_mode()
     def evaluate(self, model, data, batch_size=256, precision="fp32", profiles=None):
@@ -107,17 +102,55 @@ class Classify(Task):
         return out
 
 
-def personal_accuracy(right: np.ndarray, seen: np.ndarray, profiles: np.ndarray) -> float | None:
+def personal_accuracy(right: np.ndarray, seen: np.ndarray, profiles) -> float | None:
     """Mean over clients of sum_k share[c, k] * accuracy_k, over the classes the test set has (shares renormalised
-    over them); clients without data are left out."""
+    over them); clients without data are left out. `profiles`: a (clients, classes) array or LabelShares."""
     have = seen > 0
     acc = np.where(have, right / np.maximum(seen, 1), 0.0)
-    shares = profiles[:, have]
-    mass = shares.sum(1)
-    keep = mass > 0
-    if not keep.any():
-        return None
-    return float(np.mean((shares[keep] @ acc[have]) / mass[keep]))
+    scores = []
+    for shares in profiles.chunks() if isinstance(profiles, LabelShares) else [profiles]:
+        shares = shares[:, have]
+        mass = shares.sum(1)
+        keep = mass > 0
+        scores.append((shares[keep] @ acc[have]) / mass[keep])
+    scores = np.concatenate(scores)
+    return float(np.mean(scores)) if len(scores) else None
+
+
+class LabelShares:
+    """(clients, classes): each client's share of every label in its training data, a row of zeros for a client with
+    none. Made from the clients' indices when asked, CHUNK clients at a time, so a million clients never hold the
+    whole matrix (a million x 20 classes would be 160 MB, and the score made two more copies of it)."""
+    CHUNK = 65_536
+
+    def __init__(self, clients, labels: np.ndarray, num_classes: int) -> None:
+        from fedft.data.clients import Clients
+
+        self.clients = clients if isinstance(clients, Clients) else Clients.of(clients)
+        self.labels, self.k = labels, num_classes
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.clients), self.k
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(len(self.clients))
+        return self.rows(start, stop)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        from fedft.data.clients import Clients
+        from fedft.data.partition import label_counts
+
+        off = self.clients.offsets
+        sub = Clients(self.clients.flat[off[start]: off[stop]], off[start: stop + 1] - off[start])
+        sizes = sub.sizes[:, None]
+        out = np.zeros((len(sub), self.k))
+        np.divide(label_counts(sub, self.labels, self.k), sizes, out=out, where=sizes > 0)
+        return out
+
+    def chunks(self):
+        for start in range(0, len(self.clients), self.CHUNK):
+            yield self.rows(start, min(len(self.clients), start + self.CHUNK))
 
 
 CLASSIFY = Classify()
