@@ -118,13 +118,21 @@ def main() -> None:
         runs = [cell(f"{split}-s{s}", [*common, *sets, f"fl.seed={s}"]) for s in map(int, args.seeds.split(","))]
         acc = [r["final"]["accuracy"] for r in runs]
         pers = [r["final"].get("personal_accuracy") or float("nan") for r in runs]
-        rows.append({"split": split, "clients": len(runs[0]["client_sizes"]), "runs": len(runs),
+        sizes = sizes_of(runs[0])
+        rows.append({"split": split, "clients": sizes["count"], "runs": len(runs),
                      "accuracy": f"{100 * np.mean(acc):.1f} ± {100 * np.std(acc, ddof=1) if len(acc) > 1 else 0:.1f}",
                      "personal_accuracy": f"{100 * np.mean(pers):.1f} ± "
                                           f"{100 * np.std(pers, ddof=1) if len(pers) > 1 else 0:.1f}",
-                     "client_size_min_median_max": "/".join(str(int(f(runs[0]["client_sizes"])))
-                                                            for f in (np.min, np.median, np.max))})
+                     "client_size_min_median_max": "/".join(str(int(sizes[k])) for k in ("min", "median", "max"))})
         write_tables(OUT, rows)
+
+
+def sizes_of(record: dict) -> dict:
+    """The client-size summary of a results.json (cells run before clients.parquet kept the list instead)."""
+    if "clients" in record:
+        return record["clients"]
+    s = record["client_sizes"]
+    return {"count": len(s), "min": np.min(s), "median": np.median(s), "max": np.max(s)}
 
 
 if __name__ == "__main__":

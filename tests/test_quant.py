@@ -74,3 +74,23 @@ def test_int8_and_nf4_runs_send_fewer_bytes(tiny, tmp_path):
     # (tiny-bert's tensors are small, so names and block padding weigh more than on a real model; see above)
     assert sent["float32"][0] > sent["int8"][0] > sent["nf4"][0]
     assert sent["float32"][1] > sent["int8"][1] > sent["nf4"][1]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_float_payload_decodes_as_safetensors_loads_it_into_one_buffer(dtype):
+    """fedft's own decode (one buffer per payload) gives safetensors' values, keys and shapes bit for bit, and what
+    it decoded encodes to the same bytes again (views are copied out for safetensors)."""
+    from safetensors.torch import load
+
+    from fedft.fl import comm
+    from fedft.fl.client import read_state
+
+    state = read_state({"layer.1.B": torch.nn.Parameter(torch.randn(6, 2)), "layer.0.A": torch.nn.Parameter(
+        torch.randn(2, 6)), "scalar": torch.nn.Parameter(torch.tensor(0.5)), "none": torch.nn.Parameter(torch.zeros(0))})
+    assert len({t.untyped_storage().data_ptr() for t in state.values() if t.numel()}) == 1  # one buffer
+    payload = comm.encode(state, dtype)
+    got, ref = comm.decode(payload), load(payload)
+    assert list(got) == sorted(ref)
+    for k in ref:
+        assert got[k].dtype == torch.float32 and got[k].shape == ref[k].shape and torch.equal(got[k], ref[k].float())
+    assert comm.encode(got, dtype) == payload

@@ -45,7 +45,17 @@ def load_state(params: dict[str, nn.Parameter], state: State) -> None:
 
 
 def read_state(params: dict[str, nn.Parameter]) -> State:
-    return {k: p.detach().clone() for k, p in params.items()}
+    """A copy of the parameters, as views into one buffer (one allocation, not one per tensor: many simulated
+    clients' states held until aggregation fragment the heap less; see comm._flat)."""
+    tensors = list(params.values())
+    if not tensors or len({(t.dtype, t.device) for t in tensors}) != 1:
+        return {k: p.detach().clone() for k, p in params.items()}
+    flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+    out, at = {}, 0
+    for k, t in params.items():
+        out[k] = flat[at: at + t.numel()].view(t.shape)
+        at += t.numel()
+    return out
 
 
 def make_optimizer(params: dict[str, nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
