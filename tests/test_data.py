@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from fedft.config import DataConfig
 from fedft.data import load_dataset, wordnet
@@ -61,3 +62,25 @@ def test_csv_bad_files(tmp_path, content, words):
     p.write_text(content)
     with pytest.raises(UsageError, match=words):
         load_dataset(DataConfig(name=f"csv:{p}", test_fraction=0.2))
+
+
+def test_tokenized_in_chunks_as_arrays_equals_the_tokenizer_row_by_row():
+    """Each row's ids are the tokenizer's own (truncated at max_length), whatever the chunk size; a batch is padded
+    to its own longest row with the pad id and masks exactly the padding."""
+    from fedft.data import LabelledText, tokenize
+    from transformers import AutoTokenizer
+
+    from fedft.models import minilm_path
+
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    texts = ["a b c", "word " * 30, "x", "the cat sat on the mat", "b"]
+    data = LabelledText(texts, np.array([0, 1, 0, 1, 1]), ["n", "y"])
+    whole, pieces = tokenize(data, tok, 12), tokenize(data, tok, 12, chunk=2)
+    assert torch.equal(whole.ids, pieces.ids) and torch.equal(whole.row_lengths, pieces.row_lengths)
+    for i, t in enumerate(texts):
+        want = tok(t, truncation=True, max_length=12)["input_ids"]
+        assert whole.ids[i, : len(want)].tolist() == want and int(whole.row_lengths[i]) == len(want)
+    inputs, labels = pieces.batch([2, 0])
+    assert inputs["input_ids"].shape == (2, len(tok("a b c")["input_ids"])) and labels.tolist() == [0, 0]
+    assert inputs["attention_mask"].sum(1).tolist() == [len(tok("x")["input_ids"]), len(tok("a b c")["input_ids"])]
+    assert (inputs["input_ids"][inputs["attention_mask"] == 0] == pieces.pad_id).all()

@@ -37,46 +37,56 @@ class Instructions:
 
 @dataclass
 class TextExamples:
-    """Tokenized examples, padded per batch (glosses are short, so padding to the batch's longest saves most work)."""
-    input_ids: list[torch.Tensor]  # N tensors of shape (T_i,)
+    """Tokenized examples as arrays: every row's token ids padded to the longest row (with pad_id), and each row's
+    length; a batch is cut to its own longest row (glosses are short, so padding per batch saves most work)."""
+    ids: torch.Tensor  # (N, longest) int64
     labels: torch.Tensor  # (N,) int64
     pad_id: int
+    row_lengths: torch.Tensor  # (N,) int64, on the same device as ids
 
     def __len__(self) -> int:
-        return len(self.input_ids)
+        return len(self.ids)
 
     def batch(self, idx: np.ndarray | list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Rows `idx`, padded to the longest of them, on the examples' device."""
         idx = np.asarray(idx, dtype=np.int64)
         longest = int(self.lengths()[idx].max())
-        rows = torch.as_tensor(idx, device=self._padded().device)
-        ids = self._padded()[rows, :longest]
-        mask = (torch.arange(longest, device=ids.device) < self._lengths_t[rows, None]).long()
+        rows = torch.as_tensor(idx, device=self.ids.device)
+        ids = self.ids[rows, :longest]
+        mask = (torch.arange(longest, device=ids.device) < self.row_lengths[rows, None]).long()
         return {"input_ids": ids, "attention_mask": mask}, self.labels[rows]
 
     def lengths(self) -> np.ndarray:
         if getattr(self, "_lengths", None) is None:
-            self._lengths = np.array([len(s) for s in self.input_ids])
+            self._lengths = self.row_lengths.cpu().numpy()
         return self._lengths
 
     def to(self, device: torch.device) -> "TextExamples":
         """The same examples with their tensors on `device`, so batches are cut there (no copy per batch)."""
-        out = TextExamples(self.input_ids, self.labels.to(device), self.pad_id)
-        out._pad, out._lengths_t = self._padded().to(device), self._lengths_t.to(device)
+        out = TextExamples(self.ids.to(device), self.labels.to(device), self.pad_id, self.row_lengths.to(device))
+        out._lengths = self.lengths()
         return out
 
-    def _padded(self) -> torch.Tensor:
-        """(N, longest) token ids, padded with pad_id; built once."""
-        if getattr(self, "_pad", None) is None:
-            self._pad = torch.nn.utils.rnn.pad_sequence(self.input_ids, batch_first=True, padding_value=self.pad_id)
-            self._lengths_t = torch.as_tensor(self.lengths())
-        return self._pad
 
+def tokenize(data: LabelledText, tokenizer, max_length: int, chunk: int = 65_536) -> TextExamples:
+    """The texts' token ids (truncated to max_length) as one padded array, CHUNK texts at a time: the tokenizer's
+    Python lists for two million rows at once took 14 GB (measured, benchmarks/scale.py), a chunk's lists are freed
+    as soon as its ids are in the array."""
+    from itertools import chain
 
-def tokenize(data: LabelledText, tokenizer, max_length: int) -> TextExamples:
-    enc = tokenizer(data.texts, truncation=True, max_length=max_length)
-    ids = [torch.tensor(x, dtype=torch.long) for x in enc["input_ids"]]
-    return TextExamples(ids, torch.as_tensor(data.labels, dtype=torch.long), int(tokenizer.pad_token_id or 0))
+    pad_id = int(tokenizer.pad_token_id or 0)
+    lengths, flats = [], []
+    for i in range(0, len(data.texts), chunk):
+        ids = tokenizer(data.texts[i: i + chunk], truncation=True, max_length=max_length)["input_ids"]
+        lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+        flats.append(np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths[-1].sum())))
+    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
+    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
+    longest = int(lengths.max()) if len(lengths) else 0
+    padded = np.full((len(lengths), longest), pad_id, dtype=np.int64)
+    padded[np.arange(longest) < lengths[:, None]] = flat  # row by row, in order
+    return TextExamples(torch.from_numpy(padded), torch.as_tensor(data.labels, dtype=torch.long), pad_id,
+                        torch.from_numpy(lengths))
 
 
 def load_data(cfg: DataConfig):
