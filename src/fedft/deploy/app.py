@@ -183,6 +183,25 @@ def _warn_once(line: str) -> None:
 _PREPARED: dict[str, Node] = {}  # this process's prepared experiments (Flower's simulation reuses its processes)
 
 
+def _code() -> str:
+    """A fingerprint of fedft's own source: a node prepared (and pickled) by other code is never reused, since
+    its objects' classes may have changed (a stale TextExamples failed every client after an upgrade)."""
+    import hashlib
+    from pathlib import Path
+
+    global _CODE
+    if _CODE is None:
+        root = Path(__file__).resolve().parents[1]
+        digest = hashlib.sha256()
+        for f in sorted(root.rglob("*.py")):
+            digest.update(str(f.relative_to(root)).encode() + f.read_bytes())
+        _CODE = digest.hexdigest()[:16]
+    return _CODE
+
+
+_CODE: str | None = None
+
+
 def node(context: Context) -> Node:
     """This node's client. The prepared experiment (the frozen base model with the method applied, the tokenised or
     decoded data and its partitions) is kept in this process, for the simulation runtime, whose workers serve many
@@ -199,7 +218,7 @@ def node(context: Context) -> Node:
         torch.set_num_threads(int(nc["threads"]))
     cid = client_id(config, nc)
     shared = sorted((k, v) for k, v in nc.items() if k not in ("partition-id", "num-partitions"))
-    key = hashlib.sha256(json.dumps([str(context.run_config["fedft-config"]), shared], default=str).encode()
+    key = hashlib.sha256(json.dumps([str(context.run_config["fedft-config"]), shared, _code()], default=str).encode()
                          ).hexdigest()[:20]
     base = _PREPARED.get(key)
     path = cache_root() / "deploy" / f"node-{key}.pt"
