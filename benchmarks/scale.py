@@ -6,13 +6,15 @@
 The data: synthetic text written once as a Parquet file (`--rows` rows of 3 to 8 words from a 2,000-word
 vocabulary, 20 classes, a `user` column of `--clients`-many ids for the natural split), so every cell reads the same
 rows. Each cell runs in a fresh process (peak memory is the process's ru_maxrss): tiny-bert + LoRA, 10 sampled
-clients, one round of one local epoch, no evaluation of the test set beyond one batch-sized hold-out
+clients, --rounds rounds (default one) of one local epoch, no evaluation of the test set beyond one batch-sized hold-out
 (data.test_fraction = 0.0005). It prints:
 - set-up seconds: reading, tokenising, splitting the rows over the clients and assembling the run (prepare +
   assemble), and of it the split alone (partition);
 - round seconds: the one federated round (sampling, training 10 clients, aggregation, evaluation);
 - peak RSS in MiB.
-The table goes to --out/table.md and table.csv. Run it alone on the machine: the seconds are wall-clock.
+With --strategy scaffold --rounds 100 --caps 0,2: SCAFFOLD's per-client controls after 100 rounds of 10 clients
+(1,000 clients with state), kept in memory or capped at fl.client_state_mb (the rest on disk): peak memory against
+the cap. The table goes to --out/table.md and table.csv. Run it alone on the machine: the seconds are wall-clock.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ def make_data(path: Path, rows: int, users: int) -> None:
     pq.write_table(table, path)
 
 
-def cell(data: Path, clients: int, partition: str) -> dict:
+def cell(data: Path, clients: int, partition: str, rounds: int = 1, strategy: str = "fedavg", cap: float = 0.0,
+         model: str = "tiny-bert") -> dict:
     """One measurement, in this (fresh) process."""
     import resource
     import time
@@ -57,9 +60,12 @@ def cell(data: Path, clients: int, partition: str) -> dict:
     from fedft.fl.loop import federated
     from fedft.fl.precision import cpu_name
 
-    sets = [f'data.name="parquet:{data}"', "model.name=\"tiny-bert\"", f'data.partition="{partition}"',
-            "data.test_fraction=0.0005", "fl.rounds=1", "fl.clients_per_round=10", "fl.precision=\"fp32\"",
-            "model.max_length=16", "data.min_partition_size=0"]
+    sets = [f'data.name="parquet:{data}"', f'model.name="{model}"', f'data.partition="{partition}"',
+            "data.test_fraction=0.0005", "fl.clients_per_round=10", "fl.precision=\"fp32\"",
+            "model.max_length=16", "data.min_partition_size=0", f"fl.rounds={rounds}", f'fl.strategy="{strategy}"',
+            f"fl.client_state_mb={cap}", f"fl.eval_every={rounds}"]
+    if strategy == "scaffold":
+        sets += ['fl.optimizer="sgd"', "fl.lr=0.1"]
     sets += [f"data.num_clients={clients}"] if partition != "natural" else ['data.client_column="user"']
     config = load_config(None, sets)
     split = {"seconds": 0.0}
@@ -78,10 +84,15 @@ def cell(data: Path, clients: int, partition: str) -> dict:
     b = assemble(exp)
     setup = time.perf_counter() - t0
     t1 = time.perf_counter()
-    row = next(federated(b.fed))
+    for row in federated(b.fed):
+        pass
+    kept = getattr(b.fed.strategy, "controls", None)
     return {"partition": partition, "clients": len(exp.clients), "rows": int(exp.clients.sizes.sum()),
+            "model": model, "strategy": strategy, "rounds": rounds, "state_cap_mb": cap,
+            "clients_with_state": len(kept) if kept is not None else 0,
+            "state_in_memory_mb": round(kept.memory_bytes / 1e6, 1) if kept is not None else 0,
             "setup_s": round(setup, 1), "split_s": round(split["seconds"], 2),
-            "round_s": round(time.perf_counter() - t1, 2), "sampled": row.sampled,
+            "round_s": round((time.perf_counter() - t1) / rounds, 2), "sampled": row.sampled,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "cpu": cpu_name()}
 
@@ -92,10 +103,15 @@ def main() -> None:
     ap.add_argument("--clients", default="1000,10000,100000,1000000")
     ap.add_argument("--partitions", default="iid,natural")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "scale"))
-    ap.add_argument("--cell", nargs=3, help=argparse.SUPPRESS)  # data clients partition: run one cell here
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--strategy", default="fedavg", help="scaffold: every client that trains keeps a control")
+    ap.add_argument("--caps", default="0", help="fl.client_state_mb values to run (0 = no cap)")
+    ap.add_argument("--model", default="tiny-bert")
+    ap.add_argument("--cell", nargs=7, help=argparse.SUPPRESS)  # run one cell in this process
     args = ap.parse_args()
     if args.cell:
-        print(json.dumps(cell(Path(args.cell[0]), int(args.cell[1]), args.cell[2])))
+        d, n, p, r, s, c, m = args.cell
+        print(json.dumps(cell(Path(d), int(n), p, int(r), s, float(c), m)))
         return
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -105,14 +121,16 @@ def main() -> None:
         if not data.exists():
             make_data(data, args.rows, n)
         for partition in args.partitions.split(","):
-            got = subprocess.run([sys.executable, __file__, "--cell", str(data), str(n), partition],
-                                 capture_output=True, text=True)
-            if got.returncode:
-                print(got.stderr[-2000:], file=sys.stderr)
-                raise SystemExit(f"cell {n} {partition} failed")
-            rows.append(json.loads(got.stdout.strip().splitlines()[-1]))
-            print(rows[-1], flush=True)
-            write_tables(out, rows)
+            for cap in args.caps.split(","):
+                got = subprocess.run([sys.executable, __file__, "--cell", str(data), str(n), partition,
+                                      str(args.rounds), args.strategy, cap, args.model],
+                                     capture_output=True, text=True)
+                if got.returncode:
+                    print(got.stderr[-2000:], file=sys.stderr)
+                    raise SystemExit(f"cell {n} {partition} failed")
+                rows.append(json.loads(got.stdout.strip().splitlines()[-1]))
+                print(rows[-1], flush=True)
+                write_tables(out, rows)
 
 
 if __name__ == "__main__":

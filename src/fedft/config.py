@@ -257,6 +257,9 @@ class FLConfig:
     feature_cache: bool = doc("where only the head trains (method head), compute the frozen backbone's features "
                               "once and reuse them in later rounds and evaluation", default=True)
     cache_mb: int = doc("largest feature cache (train + test) in MiB; a bigger one is not built", default=4096)
+    client_state_mb: float = doc("memory for what methods keep per client between rounds (SCAFFOLD's controls, "
+                                 "FedSA's own B); past it the least recently used go to disk (safetensors, a "
+                                 "temporary folder); 0 = no cap", default=0.0)
 
     def check(self) -> None:
         _choice("fl.mode", self.mode, ("federated", "local", "central"))
@@ -270,6 +273,7 @@ class FLConfig:
         _at_least("fl.seed", self.seed, 0)
         _at_least("fl.parallel_clients", self.parallel_clients, 0)
         _at_least("fl.cache_mb", self.cache_mb, 0)
+        _at_least("fl.client_state_mb", self.client_state_mb, 0)
         _choice("fl.precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("fl.optimizer", self.optimizer, ("adamw", "sgd"))
         if not 0 <= self.momentum < 1:

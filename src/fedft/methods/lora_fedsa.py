@@ -14,6 +14,7 @@ import dataclasses
 import torch
 
 from fedft.fl.client import load_state, read_state
+from fedft.fl.client_state import ClientStates
 from fedft.fl.hooks import Hook
 from fedft.fl.parts import part
 
@@ -23,10 +24,10 @@ B = ".lora_B."
 class KeepB(Hook):
     order = 15  # before attacks and validation see the upload
 
-    def __init__(self, names) -> None:
+    def __init__(self, names, cap_mb: float = 0.0) -> None:
         self.b_names = sorted(n for n in names if B in n)
         self.init: dict | None = None
-        self.own: dict[int, dict[str, torch.Tensor]] = {}
+        self.own = ClientStates(cap_mb)  # each client's B (past fl.client_state_mb, on disk)
 
     def configure(self, rnd, instructions, log):
         for ins in instructions:  # after the wire: what the client holds itself costs no bytes
@@ -37,20 +38,20 @@ class KeepB(Hook):
     def sent(self, rnd, instructions, updates, log):
         for u in updates:
             self.own[u.cid] = {k: u.state[k].detach().clone() for k in self.b_names}
-            u.state = {k: v for k, v in u.state.items() if k not in self.own[u.cid]}
+            u.state = {k: v for k, v in u.state.items() if k not in set(self.b_names)}
         return updates
 
     def mean_b(self) -> dict[str, torch.Tensor]:
         if not self.own:
             return self.init
-        return {k: torch.stack([b[k] for b in self.own.values()]).mean(0) for k in self.b_names}
+        owns = list(self.own.values())  # (read from disk once, not once a tensor)
+        return {k: torch.stack([b[k] for b in owns]).mean(0) for k in self.b_names}
 
     def state(self) -> dict:
-        return {"own": {str(c): {k: v.clone() for k, v in b.items()} for c, b in self.own.items()}, "init": self.init}
+        return {"own": self.own, "init": self.init}  # a checkpoint pickles every state (ClientStates.__getstate__)
 
     def restore(self, state: dict) -> None:
-        self.own = {int(c): b for c, b in state["own"].items()}
-        self.init = state["init"]
+        self.own, self.init = state["own"], state["init"]
 
 
 def without_b(start: dict, b_names: list[str]) -> dict:
@@ -62,7 +63,7 @@ def fedsa(b) -> None:
     if b.exp.config.method.variant != "fedsa":
         return
     exp, fed = b.exp, b.fed
-    hook = KeepB(exp.params)
+    hook = KeepB(exp.params, exp.config.fl.client_state_mb)
     hook.init = {k: exp.params[k].detach().clone() for k in hook.b_names}
     configure = fed.strategy.configure_train
 

@@ -6,14 +6,15 @@ own control c_i (zero until it first trains). Each local SGD step uses the gradi
 at learning rate lr ending at y_i, the client's new control is c_i+ = c_i - c + (x - y_i) / (K lr) (option II), and
 it sends y_i and delta c_i = c_i+ - c_i (both counted). The server moves x by server_lr times the mean of
 (y_i - x) and c by |S| / N times the mean of delta c_i (S: the clients that returned, N: all clients).
-Clients' controls are kept by the strategy here (in a simulation the server holds every client's memory); they go
-into checkpoints with it.
+Clients' controls are kept by the strategy here (in a simulation the server holds every client's memory), past
+fl.client_state_mb on disk (fl/client_state.py); they go into checkpoints with it.
 """
 from __future__ import annotations
 
 import torch
 
 from fedft.fl.aggregate import State
+from fedft.fl.client_state import ClientStates
 from fedft.fl.messages import Instruction, Update
 from fedft.fl.strategies.base import STRATEGIES, ClientSide, Strategy
 
@@ -37,7 +38,7 @@ class Scaffold(Strategy):
         super().__init__(cfg, num_clients)
         self.server_lr = cfg.server_lr or 1.0
         self.c: State | None = None  # the server control
-        self.controls: dict[int, State] = {}  # each client's own control c_i (those that have trained)
+        self.controls = ClientStates(cfg.client_state_mb)  # each client's own c_i (those that have trained)
 
     def client_side(self) -> ClientSide:
         return ScaffoldClient()
