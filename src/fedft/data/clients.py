@@ -20,9 +20,8 @@ class Clients:
     def of(cls, arrays: Iterable[np.ndarray], names: list[str] | None = None) -> "Clients":
         """From one index array per client."""
         arrays = [np.asarray(a, dtype=np.int64) for a in arrays]
-        sizes = np.array([len(a) for a in arrays], dtype=np.int64)
         flat = np.concatenate(arrays) if arrays else np.empty(0, dtype=np.int64)
-        return cls(flat, np.concatenate([[0], np.cumsum(sizes)]), names)
+        return cls.by_size(flat, [len(a) for a in arrays], names)
 
     @classmethod
     def by_size(cls, flat: np.ndarray, sizes: np.ndarray, names: list[str] | None = None) -> "Clients":

@@ -47,16 +47,26 @@ def partition(labels: np.ndarray, cfg: DataConfig, seed: int, groups: np.ndarray
                          f"{len(labels)} examples ({str(e).splitlines()[0]}){hint}") from None
     if cfg.partition != "iid":  # the partitioners index the shuffled rows
         clients = Clients(order[clients.flat], clients.offsets)
-    if cfg.shots > 0:
-        clients = Clients.of(few_shot(idx, labels, cfg.shots, np.random.SeedSequence([seed, i]))
-                             for i, idx in enumerate(clients))
-    return clients
+    return _capped(clients, labels, cfg.shots, seed)
+
+
+def _capped(clients: Clients, labels: np.ndarray, shots: int, seed: int) -> Clients:
+    """data.shots > 0: each client's rows cut to at most `shots` a class (seeded per client); names kept."""
+    if shots <= 0:
+        return clients
+    return Clients.of((few_shot(idx, labels, shots, np.random.SeedSequence([seed, i])) for i, idx in enumerate(clients)),
+                      clients.names)
 
 
 def iid(order: np.ndarray, n: int) -> Clients:
     """IidPartitioner: contiguous shards of the (shuffled) rows, with np.array_split's sizes."""
-    q, r = divmod(len(order), n)
-    return Clients.by_size(order, np.array([q + 1] * r + [q] * (n - r), dtype=np.int64))
+    return Clients.by_size(order, _shares(len(order), n))
+
+
+def _shares(rows: int, parts: int) -> np.ndarray:
+    """np.array_split's sizes: rows over parts, the first rows % parts one larger."""
+    q, r = divmod(rows, parts)
+    return np.array([q + 1] * r + [q] * (parts - r), dtype=np.int64)
 
 
 def dirichlet(targets: np.ndarray, n: int, alpha: float, min_size: int, seed: int) -> Clients:
@@ -116,8 +126,7 @@ def pathological(targets: np.ndarray, n: int, k: int, seed: int) -> Clients:
                              f"there are samples (corresponding to this label) in the dataset ({len(idx)}).")
         if not len(holders):
             continue
-        q, r = divmod(len(idx), len(holders))
-        owners.append(np.repeat(holders, [q + 1] * r + [q] * (len(holders) - r)))
+        owners.append(np.repeat(holders, _shares(len(idx), len(holders))))
         rows.append(idx)
     empty = np.empty(0, dtype=np.int64)
     return _grouped(np.concatenate(owners) if owners else empty, np.concatenate(rows) if rows else empty, n, rng)
@@ -151,11 +160,7 @@ def natural(labels: np.ndarray, cfg: DataConfig, seed: int, groups: np.ndarray |
     sizes = np.bincount(groups, minlength=len(group_names))
     if len(chosen) < len(group_names):  # the chosen values' rows, still grouped in value order
         by_row = by_row[np.isin(groups[by_row], chosen)]
-    clients = Clients.by_size(by_row, sizes[chosen], [group_names[g] for g in chosen])
-    if cfg.shots > 0:
-        clients = Clients.of((few_shot(idx, labels, cfg.shots, np.random.SeedSequence([seed, i]))
-                              for i, idx in enumerate(clients)), clients.names)
-    return clients
+    return _capped(Clients.by_size(by_row, sizes[chosen], [group_names[g] for g in chosen]), labels, cfg.shots, seed)
 
 
 def hold_out(clients: Clients, fraction: float, seed: int) -> tuple[Clients, Clients]:

@@ -10,6 +10,7 @@ experiment as JSON), `out` (the results folder on the SuperLink's host) and `res
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -183,23 +184,18 @@ def _warn_once(line: str) -> None:
 _PREPARED: dict[str, Node] = {}  # this process's prepared experiments (Flower's simulation reuses its processes)
 
 
+@functools.cache
 def _code() -> str:
     """A fingerprint of fedft's own source: a node prepared (and pickled) by other code is never reused, since
     its objects' classes may have changed (a stale TextExamples failed every client after an upgrade)."""
     import hashlib
     from pathlib import Path
 
-    global _CODE
-    if _CODE is None:
-        root = Path(__file__).resolve().parents[1]
-        digest = hashlib.sha256()
-        for f in sorted(root.rglob("*.py")):
-            digest.update(str(f.relative_to(root)).encode() + f.read_bytes())
-        _CODE = digest.hexdigest()[:16]
-    return _CODE
-
-
-_CODE: str | None = None
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        digest.update(str(f.relative_to(root)).encode() + f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def node(context: Context) -> Node:

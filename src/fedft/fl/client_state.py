@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from fedft.errors import UsageError
+from fedft.fl.comm import owned
 from fedft.fl.parts import Build, part
 
 State = dict[str, torch.Tensor]
@@ -101,8 +102,7 @@ class ClientStates:
             self._folder = Path(tempfile.mkdtemp(prefix="fedft-client-state-"))
             weakref.finalize(self, shutil.rmtree, str(self._folder), True)
         tmp = self._path(cid).with_suffix(".tmp")
-        save_file({k: v.detach().contiguous().clone() if v._base is not None else v.detach().contiguous()
-                   for k, v in state.items()}, str(tmp))
+        save_file({k: owned(v.detach().contiguous()) for k, v in state.items()}, str(tmp))
         tmp.replace(self._path(cid))
         self._on_disk.add(cid)
 
@@ -127,7 +127,7 @@ def _size(state: State) -> int:
 def check_cap(b: Build) -> None:
     """fl.client_state_mb must hold at least one client's state (all its trainable parameters)."""
     cap = b.exp.config.fl.client_state_mb
-    one = sum(p.numel() * p.element_size() for p in b.exp.params.values()) / 1e6
+    one = _size(b.exp.params) / 1e6
     if cap and cap < one:
         raise UsageError(f"fl.client_state_mb = {cap:g}: below one client's state ({one:.3g} MB, its trainable "
                          f"parameters); use 0 (no cap) or at least {one:.3g}")

@@ -25,10 +25,10 @@ def encode(state: State, dtype: str) -> bytes:
             tensors[f"{k}::codes"], tensors[f"{k}::scales"] = enc(v)
             shapes[k] = list(v.shape)
         return save(tensors, metadata={"fedft_quant": dtype, "shapes": json.dumps(shapes)})
-    return save({k: _own(v.detach().to("cpu", DTYPES[dtype]).contiguous()) for k, v in state.items()})
+    return save({k: owned(v.detach().to("cpu", DTYPES[dtype]).contiguous()) for k, v in state.items()})
 
 
-def _own(t: torch.Tensor) -> torch.Tensor:
+def owned(t: torch.Tensor) -> torch.Tensor:
     """safetensors refuses tensors that share memory: a view into a state's one buffer (decode, read_state) is
     copied out first."""
     return t.clone() if t._base is not None else t
