@@ -77,10 +77,51 @@ def test_tokenized_in_chunks_as_arrays_equals_the_tokenizer_row_by_row():
     data = LabelledText(texts, np.array([0, 1, 0, 1, 1]), ["n", "y"])
     whole, pieces = tokenize(data, tok, 12), tokenize(data, tok, 12, chunk=2)
     assert torch.equal(whole.ids, pieces.ids) and torch.equal(whole.row_lengths, pieces.row_lengths)
-    for i, t in enumerate(texts):
-        want = tok(t, truncation=True, max_length=12)["input_ids"]
-        assert whole.ids[i, : len(want)].tolist() == want and int(whole.row_lengths[i]) == len(want)
+    _same_as_the_tokenizer(whole, texts, tok, 12)
     inputs, labels = pieces.batch([2, 0])
     assert inputs["input_ids"].shape == (2, len(tok("a b c")["input_ids"])) and labels.tolist() == [0, 0]
     assert inputs["attention_mask"].sum(1).tolist() == [len(tok("x")["input_ids"]), len(tok("a b c")["input_ids"])]
     assert (inputs["input_ids"][inputs["attention_mask"] == 0] == pieces.pad_id).all()
+
+
+def _same_as_the_tokenizer(got, texts, tok, max_length):
+    for i, t in enumerate(texts):
+        want = tok(t, truncation=True, max_length=max_length)["input_ids"]
+        assert got.ids[i, : len(want)].tolist() == want and int(got.row_lengths[i]) == len(want), t
+
+
+def test_tokenized_ids_equal_the_tokenizers_for_wordpiece_bytelevel_bpe_and_backendless_tokenizers():
+    """fedft calls a fast tokenizer's Rust backend directly (faster); the ids must be what the transformers call
+    gives: special tokens, truncation, accents, added tokens, empty text, for a WordPiece (MiniLM), a byte-level BPE
+    with a BOS/EOS template (as decoders' tokenizers are), and one without a Rust backend, which is called as is."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from fedft.data import LabelledText, tokenize
+    from fedft.models import minilm_path
+
+    texts = ["Café naïve résumé", "[SEP] inside [CLS] text", "", "  spaces   everywhere  ", "word " * 30,
+             "emoji \U0001F600 and 中文", "UPPER lower MiXeD", "<s> not special here </s>", "fedft is an added token"]
+    data = LabelledText(texts, np.zeros(len(texts), dtype=np.int64), ["a"])
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts * 3, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "</s>", "<pad>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[
+        ("<s>", bpe.token_to_id("<s>")), ("</s>", bpe.token_to_id("</s>"))])
+    fast_bpe = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    wordpiece = AutoTokenizer.from_pretrained(minilm_path())
+    wordpiece.add_tokens(["fedft"])
+
+    class Slow:  # a tokenizer without a Rust backend (transformers 5 keeps few): only __call__ and pad_token_id
+        pad_token_id = wordpiece.pad_token_id
+
+        def __call__(self, *a, **k):
+            return wordpiece(*a, **k)
+
+    slow = Slow()
+    for tok in (wordpiece, fast_bpe, slow):
+        for max_length in (6, 64):
+            _same_as_the_tokenizer(tokenize(data, tok, max_length), texts, wordpiece if tok is slow else tok,
+                                   max_length)

@@ -75,9 +75,10 @@ def tokenize(data: LabelledText, tokenizer, max_length: int, chunk: int = 65_536
     from itertools import chain
 
     pad_id = int(tokenizer.pad_token_id or 0)
+    encode = _encoder(tokenizer, max_length)
     lengths, flats = [], []
     for i in range(0, len(data.texts), chunk):
-        ids = tokenizer(data.texts[i: i + chunk], truncation=True, max_length=max_length)["input_ids"]
+        ids = encode(data.texts[i: i + chunk])
         lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
         flats.append(np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths[-1].sum())))
     lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
@@ -87,6 +88,23 @@ def tokenize(data: LabelledText, tokenizer, max_length: int, chunk: int = 65_536
     padded[np.arange(longest) < lengths[:, None]] = flat  # row by row, in order
     return TextExamples(torch.from_numpy(padded), torch.as_tensor(data.labels, dtype=torch.long), pad_id,
                         torch.from_numpy(lengths))
+
+
+def _encoder(tokenizer, max_length: int):
+    """texts -> their token id lists, as `tokenizer(texts, truncation=True, max_length=max_length)` gives them. A
+    fast tokenizer's Rust backend is called directly (a copy, truncating, not padding): transformers' per-row
+    conversion of each encoding into a dict of lists took 60% of tokenising (measured, 65,536 texts: 5.0 s through
+    transformers, 2.2 s direct; the ids equal, checked in tests/test_data.py)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return lambda texts: tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    from tokenizers import Tokenizer
+
+    own = Tokenizer.from_str(backend.to_str())
+    own.no_padding()
+    own.enable_truncation(max_length)
+    batch = getattr(own, "encode_batch_fast", own.encode_batch)  # _fast: without character offsets
+    return lambda texts: [e.ids for e in batch(texts)]
 
 
 def load_data(cfg: DataConfig):
