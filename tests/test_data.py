@@ -64,9 +64,11 @@ def test_csv_bad_files(tmp_path, content, words):
         load_dataset(DataConfig(name=f"csv:{p}", test_fraction=0.2))
 
 
-def test_tokenized_in_chunks_as_arrays_equals_the_tokenizer_row_by_row():
-    """Each row's ids are the tokenizer's own (truncated at max_length), whatever the chunk size; a batch is padded
-    to its own longest row with the pad id and masks exactly the padding."""
+def test_tokenized_in_chunks_as_arrays_equals_the_tokenizer_row_by_row(monkeypatch):
+    """Each row's ids are the tokenizer's own (truncated at max_length), whatever the chunk size and whichever rows
+    were used first (rows are tokenised when first batched); a batch is padded to its own longest row with the pad
+    id and masks exactly the padding; rows never used are never tokenised."""
+    import fedft.data
     from fedft.data import LabelledText, tokenize
     from transformers import AutoTokenizer
 
@@ -75,7 +77,15 @@ def test_tokenized_in_chunks_as_arrays_equals_the_tokenizer_row_by_row():
     tok = AutoTokenizer.from_pretrained(minilm_path())
     texts = ["a b c", "word " * 30, "x", "the cat sat on the mat", "b"]
     data = LabelledText(texts, np.array([0, 1, 0, 1, 1]), ["n", "y"])
-    whole, pieces = tokenize(data, tok, 12), tokenize(data, tok, 12, chunk=2)
+    whole = tokenize(data, tok, 12)
+    whole.lengths()
+    monkeypatch.setattr(fedft.data, "CHUNK", 2)
+    pieces = tokenize(data, tok, 12)
+    pieces.batch([4, 1])
+    seen = pieces.lengths([])  # tokenises nothing more
+    assert seen[[0, 2, 3]].tolist() == [0, 0, 0] and (seen[[1, 4]] > 0).all()
+    assert (pieces.ids[[0, 2, 3]] == pieces.pad_id).all()  # not tokenised yet
+    pieces.lengths([3, 0, 2, 0])
     assert torch.equal(whole.ids, pieces.ids) and torch.equal(whole.row_lengths, pieces.row_lengths)
     _same_as_the_tokenizer(whole, texts, tok, 12)
     inputs, labels = pieces.batch([2, 0])
@@ -85,6 +95,7 @@ def test_tokenized_in_chunks_as_arrays_equals_the_tokenizer_row_by_row():
 
 
 def _same_as_the_tokenizer(got, texts, tok, max_length):
+    got.lengths()
     for i, t in enumerate(texts):
         want = tok(t, truncation=True, max_length=max_length)["input_ids"]
         assert got.ids[i, : len(want)].tolist() == want and int(got.row_lengths[i]) == len(want), t

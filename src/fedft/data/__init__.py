@@ -35,14 +35,20 @@ class Instructions:
                             self.classes, None if self.kinds is None else [self.kinds[i] for i in idx])
 
 
-@dataclass
 class TextExamples:
-    """Tokenized examples as arrays: every row's token ids padded to the longest row (with pad_id), and each row's
-    length; a batch is cut to its own longest row (glosses are short, so padding per batch saves most work)."""
-    ids: torch.Tensor  # (N, longest) int64
-    labels: torch.Tensor  # (N,) int64
-    pad_id: int
-    row_lengths: torch.Tensor  # (N,) int64, on the same device as ids
+    """Tokenized examples as arrays: every row's token ids in one padded array (int32, pad_id past the row's end),
+    and each row's length; a batch is cut to its own longest row (glosses are short, so padding per batch saves most
+    work). Rows are tokenised when first used (batched, or their lengths asked for), CHUNK at a time and once: a
+    million clients of which a round samples ten do not wait for two million rows to be tokenised before the first
+    round (benchmarks/scale.py). The ids do not depend on when or in what order rows were tokenised."""
+
+    def __init__(self, texts, labels, encoder: "Encoder", pad_id: int, width: int) -> None:
+        self.texts, self.encoder, self.pad_id = texts, encoder, int(pad_id)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.ids = torch.full((len(texts), width), self.pad_id, dtype=torch.int32)
+        self.row_lengths = torch.zeros(len(texts), dtype=torch.int64)
+        self._lengths = np.zeros(len(texts), dtype=np.int64)
+        self._done = np.zeros(len(texts), dtype=bool)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -50,61 +56,75 @@ class TextExamples:
     def batch(self, idx: np.ndarray | list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Rows `idx`, padded to the longest of them, on the examples' device."""
         idx = np.asarray(idx, dtype=np.int64)
-        longest = int(self.lengths()[idx].max())
+        longest = int(self.lengths(idx)[idx].max())
         rows = torch.as_tensor(idx, device=self.ids.device)
-        ids = self.ids[rows, :longest]
+        ids = self.ids[rows, :longest].long()
         mask = (torch.arange(longest, device=ids.device) < self.row_lengths[rows, None]).long()
         return {"input_ids": ids, "attention_mask": mask}, self.labels[rows]
 
-    def lengths(self) -> np.ndarray:
-        if getattr(self, "_lengths", None) is None:
-            self._lengths = self.row_lengths.cpu().numpy()
+    def lengths(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """Every row's token count, after tokenising rows `idx` (default: all) if they were not yet; a row not yet
+        tokenised reads 0, so index the result with the rows asked for."""
+        todo = np.flatnonzero(~self._done) if idx is None else np.unique(np.asarray(idx, dtype=np.int64))
+        todo = todo[~self._done[todo]]
+        for i in range(0, len(todo), CHUNK):
+            self._tokenise(todo[i: i + CHUNK])
         return self._lengths
 
+    def _tokenise(self, rows: np.ndarray) -> None:
+        from itertools import chain
+
+        ids = self.encoder([self.texts[i] for i in rows])
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
+        width = self.ids.shape[1]
+        if len(lengths) and lengths.max() > width:
+            raise ValueError(f"the tokenizer gave {int(lengths.max())} ids, more than the {width} it truncates to")
+        block = np.full((len(rows), width), self.pad_id, dtype=np.int32)
+        block[np.arange(width) < lengths[:, None]] = flat  # row by row, in order
+        at = torch.as_tensor(rows, device=self.ids.device)
+        self.ids[at] = torch.from_numpy(block).to(self.ids.device)
+        self.row_lengths[at] = torch.from_numpy(lengths).to(self.ids.device)
+        self._lengths[rows] = lengths
+        self._done[rows] = True
+
     def to(self, device: torch.device) -> "TextExamples":
-        """The same examples with their tensors on `device`, so batches are cut there (no copy per batch)."""
-        out = TextExamples(self.ids.to(device), self.labels.to(device), self.pad_id, self.row_lengths.to(device))
-        out._lengths = self.lengths()
-        return out
+        """These examples with their tensors on `device`, so batches are cut there (no copy per batch)."""
+        self.ids, self.labels, self.row_lengths = (t.to(device) for t in (self.ids, self.labels, self.row_lengths))
+        return self
 
 
-def tokenize(data: LabelledText, tokenizer, max_length: int, chunk: int = 65_536) -> TextExamples:
-    """The texts' token ids (truncated to max_length) as one padded array, CHUNK texts at a time: the tokenizer's
-    Python lists for two million rows at once took 14 GB (measured, benchmarks/scale.py), a chunk's lists are freed
-    as soon as its ids are in the array."""
-    from itertools import chain
-
-    pad_id = int(tokenizer.pad_token_id or 0)
-    encode = _encoder(tokenizer, max_length)
-    lengths, flats = [], []
-    for i in range(0, len(data.texts), chunk):
-        ids = encode(data.texts[i: i + chunk])
-        lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
-        flats.append(np.fromiter(chain.from_iterable(ids), dtype=np.int64, count=int(lengths[-1].sum())))
-    lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
-    flat = np.concatenate(flats) if flats else np.zeros(0, dtype=np.int64)
-    longest = int(lengths.max()) if len(lengths) else 0
-    padded = np.full((len(lengths), longest), pad_id, dtype=np.int64)
-    padded[np.arange(longest) < lengths[:, None]] = flat  # row by row, in order
-    return TextExamples(torch.from_numpy(padded), torch.as_tensor(data.labels, dtype=torch.long), pad_id,
-                        torch.from_numpy(lengths))
+CHUNK = 65_536  # texts tokenised at once: the tokenizer's Python lists for two million rows at once took 14 GB
 
 
-def _encoder(tokenizer, max_length: int):
+def tokenize(data: LabelledText, tokenizer, max_length: int) -> TextExamples:
+    """The texts' token ids, truncated to max_length (tokenised as rows are first used)."""
+    return TextExamples(data.texts, data.labels, Encoder(tokenizer, max_length), tokenizer.pad_token_id or 0,
+                        max_length)
+
+
+class Encoder:
     """texts -> their token id lists, as `tokenizer(texts, truncation=True, max_length=max_length)` gives them. A
     fast tokenizer's Rust backend is called directly (a copy, truncating, not padding): transformers' per-row
     conversion of each encoding into a dict of lists took 60% of tokenising (measured, 65,536 texts: 5.0 s through
-    transformers, 2.2 s direct; the ids equal, checked in tests/test_data.py)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        return lambda texts: tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    from tokenizers import Tokenizer
+    transformers, 2.2 s direct; the ids equal, checked in tests/test_data.py). Picklable (Flower ships examples)."""
 
-    own = Tokenizer.from_str(backend.to_str())
-    own.no_padding()
-    own.enable_truncation(max_length)
-    batch = getattr(own, "encode_batch_fast", own.encode_batch)  # _fast: without character offsets
-    return lambda texts: [e.ids for e in batch(texts)]
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.max_length = max_length
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.tokenizer = tokenizer if backend is None else None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self.backend = Tokenizer.from_str(backend.to_str())
+            self.backend.no_padding()
+            self.backend.enable_truncation(max_length)
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if self.tokenizer is not None:
+            return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)  # _fast: no char offsets
+        return [e.ids for e in encode(texts)]
 
 
 def load_data(cfg: DataConfig):

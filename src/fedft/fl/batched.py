@@ -120,7 +120,8 @@ def train_batched(model: nn.Module, params: dict[str, nn.Parameter], starts: lis
     names = list(params)
     device = next(iter(params.values())).device
     k_all = len(clients)
-    plans = [shuffled_batches(idx, cfg.batch_size, cfg.epochs, np.random.default_rng(seed), lengths_for(data, cfg))
+    plans = [shuffled_batches(idx, cfg.batch_size, cfg.epochs, np.random.default_rng(seed),
+                               lengths_for(data, cfg, idx))
              if len(idx) else [] for idx, seed in zip(clients, seeds)]
     anchor = {n: torch.stack([s[n] for s in starts]).to(device) for n in names}  # FedProx: each client's start
     stack = {n: t.clone() for n, t in anchor.items()}

@@ -113,8 +113,9 @@ def shuffled_batches(indices: np.ndarray, batch_size: int, epochs: int, rng: np.
     return out
 
 
-def lengths_for(data, cfg: TrainConfig) -> np.ndarray | None:
-    return data.lengths() if cfg.group_by_length and hasattr(data, "lengths") else None
+def lengths_for(data, cfg: TrainConfig, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """The examples' lengths (valid at `rows`, default all) when batches group by length; else None."""
+    return data.lengths(rows) if cfg.group_by_length and hasattr(data, "lengths") else None
 
 
 def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State, data, indices: np.ndarray,
@@ -130,7 +131,7 @@ def local_train(model: nn.Module, params: dict[str, nn.Parameter], start: State,
     opt = make_optimizer(params, cfg) if private is None else private.optimizer(params, cfg, seed)
     model = model if private is None else private.module
     prox = (cfg.prox_mu, {k: v.to(params[k].device) for k, v in start.items()}) if cfg.prox_mu > 0 else None
-    batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg))
+    batches = shuffled_batches(indices, cfg.batch_size, cfg.epochs, rng, lengths_for(data, cfg, indices))
     if correction is not None:
         correction = {k: v.to(params[k].device) for k, v in correction.items() if k in params}
     loss = train_batches(model, params, data, batches, opt, prox, cfg.precision, cfg.loss, correction, penalty)

@@ -17,7 +17,7 @@ class Rows:
     def __init__(self, data, idx: np.ndarray) -> None:
         self.data, self.idx = data, np.asarray(idx, dtype=np.int64)
         if hasattr(data, "lengths"):
-            self.lengths = lambda: data.lengths()[self.idx]
+            self.lengths = lambda rows=None: data.lengths(self.idx)[self.idx]
 
     def __len__(self) -> int:
         return len(self.idx)

@@ -176,7 +176,7 @@ def central(f: Federation) -> Iterator[Row]:
         subset = rng.choice(pooled, per_round, replace=False)
         loss = train_batches(pool.model, pool.params, pool.data,
                              shuffled_batches(subset, fl.batch_size, fl.local_epochs, rng,
-                                              lengths_for(pool.data, pool.cfg)), opt, precision=pool.cfg.precision,
+                                              lengths_for(pool.data, pool.cfg, subset)), opt, precision=pool.cfg.precision,
                              loss_fn=pool.cfg.loss)
         pool.tick()
         scores = f.evaluate() if f.eval_round(rnd) else {"accuracy": None, "loss": None}

@@ -75,7 +75,7 @@ def distill(teacher: nn.Module, student: nn.Module, info: ProxyInfo, data, steps
     params = ffn_parameters(student, info)
     held = np.arange(min(held_out, len(data) // 4))
     if hasattr(data, "lengths"):
-        held = held[np.argsort(data.lengths()[held], kind="stable")]  # batches of similar length
+        held = held[np.argsort(data.lengths(held)[held], kind="stable")]  # batches of similar length
     pool = np.arange(len(held), len(data))
     before = _held_out_loss(teacher, student, data, held, pairs, precision=precision)
     if steps == 0 or not pairs:
@@ -132,7 +132,7 @@ def _batches(data, pool: np.ndarray, batch_size: int, steps: int, rng: np.random
     """`steps` random batches of `pool`, grouped by length where the data has lengths (text: less padding)."""
     from fedft.fl.client import shuffled_batches
 
-    lengths = data.lengths() if hasattr(data, "lengths") else None
+    lengths = data.lengths(pool) if hasattr(data, "lengths") else None
     out: list[np.ndarray] = []
     while len(out) < steps:
         out += [b for b in shuffled_batches(pool, batch_size, 1, rng, lengths)

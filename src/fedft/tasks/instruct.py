@@ -54,7 +54,7 @@ class ChatExamples:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def lengths(self) -> np.ndarray:
+    def lengths(self, rows=None) -> np.ndarray:
         return self._lengths
 
     def to(self, device) -> "ChatExamples":
