@@ -107,6 +107,26 @@ def test_natural_partition_is_the_groups_exactly(files):
     assert all(tuple(sorted(c.tolist())) in whole for c in a)
 
 
+def test_integer_client_ids_group_as_their_text_does(tmp_path):
+    """An integer client column takes numpy's path (fast at a million clients); it must give the clients, their
+    order (by value: 2 before 10) and names that the same ids written as text give."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    users = rng.choice([10, 2, 7, 123, 0], 60).tolist()
+    texts = [f"w{i % 7} w{i % 5}" for i in range(60)]
+    labels = [["a", "b"][i % 2] for i in range(60)]
+    got = {}
+    for kind, col in (("int", users), ("text", [str(u) for u in users])):
+        path = tmp_path / f"{kind}.parquet"
+        pq.write_table(pa.table({"text": texts, "label": labels, "user": col}), path)
+        got[kind] = load_data(DataConfig(name=f"parquet:{path}", partition="natural", client_column="user",
+                                         test_fraction=0.1))
+    assert got["int"].group_names == got["text"].group_names == ["0", "2", "7", "10", "123"]
+    assert np.array_equal(got["int"].groups, got["text"].groups)
+
+
 def test_fedft_partition_shows_each_natural_client(files, capsys):
     assert main(["partition", "--set", f'data.name="csv:{files["csv"]}"', "--set", "data.partition=\"natural\"",
                  "--set", "data.text_column=\"sentence\"", "--set", "data.label_column=\"category\"",
