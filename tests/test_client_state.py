@@ -46,7 +46,8 @@ def test_a_cap_below_one_clients_state_is_refused(tiny, tmp_path, capsys):
 @pytest.mark.parametrize("extra", [
     {"fl.strategy": "scaffold", "fl.optimizer": "sgd", "fl.lr": 0.05, "method.name": "bias"},
     {"method.name": "lora", "method.variant": "fedsa", "data.client_test_fraction": 0.25},
-], ids=["scaffold", "fedsa"])
+    {"fl.mode": "local", "method.name": "bias", "data.client_test_fraction": 0.25},
+], ids=["scaffold", "fedsa", "local-models"])
 def test_a_run_with_its_client_state_on_disk_equals_one_in_memory(tiny, tmp_path, extra, monkeypatch):
     spills = []
     spill = ClientStates._spill
@@ -58,6 +59,7 @@ def test_a_run_with_its_client_state_on_disk_equals_one_in_memory(tiny, tmp_path
     spilled = fedft.run(load_config(None, [*sets, f"fl.client_state_mb={one * 1.01}"]), tmp_path / "disk")
     assert [r["accuracy"] for r in kept.rounds] == [r["accuracy"] for r in spilled.rounds]
     assert [r["train_loss"] for r in kept.rounds] == [r["train_loss"] for r in spilled.rounds]
+    assert [r.get("client_accuracy") for r in kept.rounds] == [r.get("client_accuracy") for r in spilled.rounds]
     final = json.loads((tmp_path / "disk" / "results.json").read_text())["final"]
     assert final["accuracy"] == kept.final["accuracy"] and spills  # states did go to disk, and came back
 

@@ -135,20 +135,28 @@ def federated(f: Federation) -> Iterator[Row]:
 def local_only(f: Federation) -> Iterator[Row]:
     """Every client trains alone from the same start, round after round, with no communication.
     Accuracy is the mean over the clients' own models on the shared test set; personal accuracy the mean over
-    them of each one's accuracy on its own label distribution (where a client with few labels can score high)."""
+    them of each one's accuracy on its own label distribution (where a client with few labels can score high).
+    With fl.client_state_mb, the clients' models are kept under that cap (the rest on disk) and a round trains and
+    scores fl.clients_per_round clients at a time, so only those hold a fresh model at once."""
+    from fedft.fl.client_state import ClientStates
+
     start = read_state(f.params)
     cids = list(range(f.num_clients))
-    states = [start] * f.num_clients
+    states = ClientStates(f.fl.client_state_mb)  # each client's own model, once it has trained
+    step = f.fl.clients_per_round if f.fl.client_state_mb else len(cids)
     for rnd in range(1, f.fl.rounds + 1):
         t0 = time.perf_counter()
-        instructions = [dataclasses.replace(i, state=states[i.cid])
-                        for i in f.strategy.configure_train(rnd, cids, start)]
-        updates = f.runner.train(rnd, instructions)
-        states = [u.state for u in updates]
-        scores = []
-        for cid, state in enumerate(states) if f.eval_round(rnd) else []:
-            load_state(f.params, state)
-            scores.append(f.evaluate(cid))
+        updates, scores = [], []
+        for at in range(0, len(cids), step):
+            instructions = [dataclasses.replace(i, state=states.get(i.cid, start))
+                            for i in f.strategy.configure_train(rnd, cids[at: at + step], start)]
+            trained = f.runner.train(rnd, instructions)
+            for u in trained:
+                states[u.cid] = u.state
+                if f.eval_round(rnd):
+                    load_state(f.params, u.state)
+                    scores.append(f.evaluate(u.cid))
+            updates += [dataclasses.replace(u, state={}) for u in trained]  # their losses and sizes only
         keys = ["accuracy", "loss", "personal_accuracy", "client_accuracy"]
         keys += [k for k in (scores[0] if scores else {}) if k not in keys and k != "client_accuracy_std"]
         mean = {k: _mean([s.get(k) for s in scores]) for k in keys}  # a task's own metrics too (instruct)
