@@ -14,6 +14,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -221,6 +222,29 @@ def test_node_config_checks_and_app_folder(tmp_path):
     meta = tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
     assert meta["components"]["clientapp"] == "fedft.deploy.app:client_secagg"
     assert json.loads(meta["config"]["fedft-config"]) == config.to_dict()
+    assert meta["config"]["virtual-clients"] is False  # fedft deploy: each node is its own partition
+    sim = tomllib.loads((commands.app_dir(config, tmp_path / "o", virtual=True) / "pyproject.toml").read_text())
+    assert sim["tool"]["flwr"]["app"]["config"]["virtual-clients"] is True
+
+
+def test_simulated_nodes_train_clients_in_node_id_order_without_a_query_each():
+    """flower-sim: client c goes to the c-th node id in order and its size is the server's own split's (no message
+    to each of a hundred thousand nodes); more nodes than clients is fine, fewer is refused in one line."""
+    from fedft.data.clients import Clients
+    from fedft.deploy.app import virtual_nodes
+
+    class Grid:
+        def __init__(self, ids):
+            self.ids = ids
+
+        def get_node_ids(self):
+            return self.ids
+
+    clients = Clients.of([np.arange(3), np.arange(3, 4), np.arange(4, 9)])
+    nodes, sizes = virtual_nodes(Grid([907, 12, 55, 4000]), clients)
+    assert nodes == {0: 12, 1: 55, 2: 907} and sizes == {0: 3, 1: 1, 2: 5}
+    with pytest.raises(UsageError, match="2 of data.num_clients = 3 simulated nodes registered within 0 s"):
+        virtual_nodes(Grid([1, 2]), clients, wait=0)
 
 
 @pytest.mark.parametrize("sets, words", [

@@ -293,9 +293,10 @@ def write_federation(name: str, address: str, ca: Path | None, home: Path | None
     return path
 
 
-def app_dir(config: Config, out: Path, resume: bool = False) -> Path:
+def app_dir(config: Config, out: Path, resume: bool = False, virtual: bool = False) -> Path:
     """The Flower app folder `flwr run` packs: only a pyproject.toml naming fedft's installed apps and holding the
-    experiment (the code and the base weights are on every host already)."""
+    experiment (the code and the base weights are on every host already). `virtual`: Flower's simulation, whose
+    nodes all hold every partition, so any node may train any client (see deploy.app.virtual_nodes)."""
     folder = Path(tempfile.mkdtemp(prefix="fedft-flower-app-"))
     clientapp = "client_secagg" if config.deploy.secagg else "client"
     (folder / "pyproject.toml").write_text(f"""[build-system]
@@ -320,6 +321,7 @@ clientapp = "fedft.deploy.app:{clientapp}"
 fedft-config = {json.dumps(json.dumps(config.to_dict()))}
 out = {json.dumps(str(out))}
 resume = {"true" if resume else "false"}
+virtual-clients = {"true" if virtual else "false"}
 """)
     return folder
 

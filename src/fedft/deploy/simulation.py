@@ -90,7 +90,7 @@ def simulate(config: Config, out: Path, log: Callable[[str], None] | None = None
     try:
         _wait_healthy(port, link, link_log)
         write_federation(FEDERATION, f"127.0.0.1:{port}", None, home=home)
-        app = app_dir(config, out.resolve(), resume=resume)
+        app = app_dir(config, out.resolve(), resume=resume, virtual=True)
         cpus = config.deploy.sim_client_cpus
         cmd = [_bin("flwr"), "run", str(app), FEDERATION, "--stream", "--federation-config",
                f"num-supernodes={config.data.num_clients} client-resources-num-cpus={cpus:g}"]
