@@ -227,7 +227,7 @@ def test_node_config_checks_and_app_folder(tmp_path):
     assert sim["tool"]["flwr"]["app"]["config"]["virtual-clients"] is True
 
 
-def test_simulated_nodes_train_clients_in_node_id_order_without_a_query_each():
+def test_simulated_nodes_train_clients_in_node_id_order_without_a_query_each(monkeypatch):
     """flower-sim: client c goes to the c-th node id in order and its size is the server's own split's (no message
     to each of a hundred thousand nodes); more nodes than clients is fine, fewer is refused in one line."""
     from fedft.data.clients import Clients
@@ -245,6 +245,22 @@ def test_simulated_nodes_train_clients_in_node_id_order_without_a_query_each():
     assert nodes == {0: 12, 1: 55, 2: 907} and sizes == {0: 3, 1: 1, 2: 5}
     with pytest.raises(UsageError, match="2 of data.num_clients = 3 simulated nodes registered within 0 s"):
         virtual_nodes(Grid([1, 2]), clients, wait=0)
+    # a simulated node that does not reply has failed (or the runtime is stopping at a Ctrl-C): the round is not
+    # kept as if the client had dropped out, which a checkpoint would then carry into the resumed run
+    from types import SimpleNamespace
+
+    import fedft.deploy.app as app
+    from fedft.fl.messages import Instruction
+
+    monkeypatch.setattr(app, "Message", lambda *a, **k: None)  # a Flower Message needs a running ServerApp
+    runner = object.__new__(app.FlowerClients)
+    runner.grid, runner.names, runner.timeout, runner.virtual = SimpleNamespace(send_and_receive=lambda m, timeout: []), \
+        ["w"], None, True
+    runner.cfg, runner.nodes = SimpleNamespace(secagg=False), {0: 12}
+    with pytest.raises(RuntimeError, match="round 2: simulated client 0 failed"):
+        runner._train(2, [Instruction(0, {"w": torch.zeros(2)})])
+    runner.virtual = False  # fedft deploy: a real node that does not reply dropped out
+    assert runner._train(2, [Instruction(0, {"w": torch.zeros(2)})]) == []
 
 
 @pytest.mark.parametrize("sets, words", [

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -134,6 +136,38 @@ def test_the_numpy_split_equals_flwr_datasets_partitioners():
                 np.testing.assert_array_equal(g, w)
             cases += 1
     assert cases >= 18
+
+
+def test_few_shot_and_natural_clients_equal_the_per_client_partition():
+    """The gathered clients equal what one partition per client gave before: flwr-datasets' partitioner, then each
+    client cut to data.shots a class (fedft's few_shot, seeded by client); and natural clients equal
+    NaturalIdPartitioner's (its sorted ids, each one's rows in row order), for integer and text client ids."""
+    import datasets
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    from fedft.data.partition import few_shot
+    from fedft.data.sources.table import _client_ids
+
+    datasets.disable_progress_bars()
+    rng = np.random.default_rng(3)
+    for trial in range(4):
+        labels = rng.integers(0, 4, int(rng.integers(80, 300)))
+        for kind in ("iid", "dirichlet", "pathological"):
+            cfg = DataConfig(num_clients=int(rng.integers(2, 8)), partition=kind, alpha=0.5, classes_per_client=2)
+            seed, shots = int(rng.integers(0, 100)), int(rng.integers(1, 4))
+            want = [few_shot(w, labels, shots, np.random.SeedSequence([seed, i]))
+                    for i, w in enumerate(_flwr_reference(labels, cfg, seed))]
+            got = partition(labels, dataclasses.replace(cfg, shots=shots), seed)
+            assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
+        users = rng.integers(0, 9, len(labels))
+        for ids in (users.tolist(), [f"site-{chr(97 + u)}" for u in users]):
+            groups, names = _client_ids(ids, list(range(len(ids))), "k", "user")
+            natural = NaturalIdPartitioner(partition_by="user")
+            natural.dataset = datasets.Dataset.from_dict({"user": ids, "idx": list(range(len(ids)))})
+            want = [np.array(natural.load_partition(i)["idx"]) for i in range(natural.num_partitions)]
+            got = partition(labels, DataConfig(partition="natural", client_column="user"), 0, groups, names)
+            assert len(got) == len(want) and all(np.array_equal(g, w) for g, w in zip(got, want))
+            assert [str(v) for v in natural.partition_id_to_natural_id.values()] == got.names
 
 
 def test_a_million_clients_are_two_arrays():

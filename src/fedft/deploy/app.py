@@ -85,6 +85,8 @@ class FlowerClients(Runner):
             reply = replies.get(self.nodes[cid])
             if reply is None or reply.has_error():
                 why = "no reply" if reply is None else reply.error.reason
+                if self.virtual:  # a simulated node does not drop out: it failed, or the runtime is stopping (Ctrl-C)
+                    raise RuntimeError(f"round {rnd}: simulated client {cid} failed ({why}); the round is not kept")
                 print(f"round {rnd}: client {cid} (node {self.nodes[cid]}) dropped out: {why}", flush=True)
                 continue
             state = reply.content["arrays"].to_torch_state_dict()

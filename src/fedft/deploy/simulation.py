@@ -57,8 +57,9 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, wait: float = 60
 
 def _reason(log: Path) -> str:
     """fedft's own error line from the run's log, where the ServerApp or a ClientApp stopped on one."""
-    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if "UsageError: " in ln]
-    return f" ({lines[-1].split('UsageError: ', 1)[1]})" if lines else ""
+    found = [ln.strip().split(mark, 1)[1] for ln in log.read_text(errors="replace").splitlines()
+             for mark in ("UsageError: ", "RuntimeError: ") if mark in ln and (mark[0] == "U" or "simulated client" in ln)]
+    return f" ({found[-1]})" if found else ""  # RuntimeError: a simulated client failed (deploy.app)
 
 
 def on_nodes(config: Config):
