@@ -223,8 +223,10 @@ def test_node_config_checks_and_app_folder(tmp_path):
     assert meta["components"]["clientapp"] == "fedft.deploy.app:client_secagg"
     assert json.loads(meta["config"]["fedft-config"]) == config.to_dict()
     assert meta["config"]["virtual-clients"] is False  # fedft deploy: each node is its own partition
-    sim = tomllib.loads((commands.app_dir(config, tmp_path / "o", virtual=True) / "pyproject.toml").read_text())
-    assert sim["tool"]["flwr"]["app"]["config"]["virtual-clients"] is True
+    for secagg, virtual in ((True, False), (False, True)):  # SecAgg+ addresses each node as its own partition
+        app = commands.app_dir(load_config(None, [f"deploy.secagg={str(secagg).lower()}"]), tmp_path / "o", virtual=True)
+        assert tomllib.loads((app / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"][
+            "virtual-clients"] is virtual
 
 
 def test_simulated_nodes_train_clients_in_node_id_order_without_a_query_each(monkeypatch):

@@ -258,8 +258,8 @@ class FLConfig:
                               "once and reuse them in later rounds and evaluation", default=True)
     cache_mb: int = doc("largest feature cache (train + test) in MiB; a bigger one is not built", default=4096)
     client_state_mb: float = doc("memory for what methods keep per client between rounds (SCAFFOLD's controls, "
-                                 "FedSA's own B, local mode's models); past it the least recently used go to disk (safetensors, a "
-                                 "temporary folder); 0 = no cap", default=0.0)
+                                 "FedSA's own B, local mode's models); past it the least recently used go to disk "
+                                 "(safetensors, a temporary folder); 0 = no cap", default=0.0)
 
     def check(self) -> None:
         _choice("fl.mode", self.mode, ("federated", "local", "central"))

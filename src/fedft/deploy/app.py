@@ -57,7 +57,7 @@ class FlowerClients(Runner):
         self.cfg = exp.config.deploy
         self.timeout = self.cfg.timeout or None
         self.tick = tick
-        self.virtual = bool(context.run_config.get("virtual-clients")) and not self.cfg.secagg
+        self.virtual = bool(context.run_config.get("virtual-clients"))  # flower-sim without SecAgg+ (app_dir)
         n = exp.config.data.num_clients
         self.nodes, self.sizes = virtual_nodes(grid, exp.clients) if self.virtual else connect(grid, n, exp.classes)
 
@@ -302,7 +302,7 @@ def _since_process_start() -> float:
 
 def train(msg: Message, context: Context) -> Message:
     t0 = time.perf_counter()
-    told = context.run_config.get("virtual-clients") and "config" in msg.content.config_records
+    told = bool(context.run_config.get("virtual-clients"))  # flower-sim: the message names the client
     me = node(context, int(msg.content["config"]["cid"]) if told else None)
     t_load = time.perf_counter() - t0
     if "fitins.config" in msg.content.config_records:  # SecAgg+: the legacy FitIns / FitRes layout

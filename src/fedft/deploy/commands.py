@@ -296,7 +296,9 @@ def write_federation(name: str, address: str, ca: Path | None, home: Path | None
 def app_dir(config: Config, out: Path, resume: bool = False, virtual: bool = False) -> Path:
     """The Flower app folder `flwr run` packs: only a pyproject.toml naming fedft's installed apps and holding the
     experiment (the code and the base weights are on every host already). `virtual`: Flower's simulation, whose
-    nodes all hold every partition, so any node may train any client (see deploy.app.virtual_nodes)."""
+    nodes all hold every partition, so any node may train any client (see deploy.app.virtual_nodes); not under
+    SecAgg+, whose protocol addresses each node as its own partition."""
+    virtual = virtual and not config.deploy.secagg
     folder = Path(tempfile.mkdtemp(prefix="fedft-flower-app-"))
     clientapp = "client_secagg" if config.deploy.secagg else "client"
     (folder / "pyproject.toml").write_text(f"""[build-system]

@@ -8,6 +8,7 @@ with `flwr run`, streams its log, checks that Flower reports it `finished:comple
 """
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tempfile
@@ -57,9 +58,13 @@ def _wait_healthy(port: int, proc: subprocess.Popen, log: Path, wait: float = 60
 
 def _reason(log: Path) -> str:
     """fedft's own error line from the run's log, where the ServerApp or a ClientApp stopped on one."""
-    found = [ln.strip().split(mark, 1)[1] for ln in log.read_text(errors="replace").splitlines()
-             for mark in ("UsageError: ", "RuntimeError: ") if mark in ln and (mark[0] == "U" or "simulated client" in ln)]
-    return f" ({found[-1]})" if found else ""  # RuntimeError: a simulated client failed (deploy.app)
+    found = [m.group(1) or m.group(2) for m in map(_OWN_ERROR.search, log.read_text(errors="replace").splitlines())
+             if m]
+    return f" ({found[-1].strip()})" if found else ""
+
+
+# a UsageError, or deploy.app's RuntimeError when a simulated client failed
+_OWN_ERROR = re.compile(r"UsageError: (.+)|RuntimeError: (round \d+: simulated client .+)")
 
 
 def on_nodes(config: Config):
