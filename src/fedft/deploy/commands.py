@@ -22,6 +22,7 @@ from pathlib import Path
 from fedft.config import Config
 from fedft.deploy import check_deployable, flower_env, require_flower
 from fedft.errors import UsageError
+from fedft.folders import write_folder
 
 CA, SERVER_CERT, SERVER_KEY = "ca.crt", "server.pem", "server.key"
 
@@ -62,19 +63,17 @@ def make_certs(out: str | Path, hosts: list[str], days: int = 365) -> Path:
     ca = cert(ca_name, ca_name, ca_key, ca_key, [(x509.BasicConstraints(ca=True, path_length=0), True)])
     server = cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]), ca_name, key, ca_key,
                   [(x509.SubjectAlternativeName(sans), False), (x509.BasicConstraints(ca=False, path_length=None), True)])
-    tmp = Path(tempfile.mkdtemp(prefix=".certs-", dir=out.parent if out.parent.exists() else None))
     pem = serialization.Encoding.PEM
-    for name, k in (("ca.key", ca_key), (SERVER_KEY, key)):
-        (tmp / name).write_bytes(k.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
-        (tmp / name).chmod(0o600)
-    (tmp / CA).write_bytes(ca.public_bytes(pem))
-    (tmp / SERVER_CERT).write_bytes(server.public_bytes(pem))
-    if out.exists():
-        out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-    return out
+
+    def save(tmp: Path) -> None:
+        for name, k in (("ca.key", ca_key), (SERVER_KEY, key)):
+            (tmp / name).write_bytes(k.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+            (tmp / name).chmod(0o600)
+        (tmp / CA).write_bytes(ca.public_bytes(pem))
+        (tmp / SERVER_CERT).write_bytes(server.public_bytes(pem))
+
+    return write_folder(out, save, mode=0o700)  # an empty `out` is replaced (rename's rule)
 
 
 def make_node_key(out: str | Path) -> Path:
@@ -87,17 +86,16 @@ def make_node_key(out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{str(out)!r} exists and is not empty; choose a new folder for the node's key")
     key = ec.generate_private_key(ec.SECP384R1())
-    tmp = Path(tempfile.mkdtemp(prefix=".node-key-", dir=out.parent if out.parent.exists() else None))
-    (tmp / "node.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                                     serialization.NoEncryption()))
-    (tmp / "node.key").chmod(0o600)
-    (tmp / "node.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                 serialization.PublicFormat.OpenSSH) + b"\n")
-    if out.exists():
-        out.rmdir()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-    return out
+
+    def save(tmp: Path) -> None:
+        (tmp / "node.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.OpenSSH,
+                                                         serialization.NoEncryption()))
+        (tmp / "node.key").chmod(0o600)
+        (tmp / "node.pub").write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                                     serialization.PublicFormat.OpenSSH) + b"\n")
+
+    return write_folder(out, save, mode=0o700)  # an empty `out` is replaced (rename's rule)
 
 
 def _node_key(path: str, private: bool) -> Path:

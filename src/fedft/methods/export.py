@@ -69,19 +69,15 @@ def write_plain(model: nn.Module, out_dir: Path, meta: dict, backbone: dict[str,
 def write_adapter(model: nn.Module, out_dir: Path, meta: dict, config, state: dict[str, torch.Tensor]) -> list[str]:
     """A PEFT LoRA adapter of the plain backbone in `adapter/` (its config, `state` under peft's names, fedft.json;
     the whole folder appears at once), then head.safetensors and export.json; returns the file names."""
-    import shutil
-    import tempfile
-
     from safetensors.torch import save_file
 
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=".adapter-"))
-    config.save_pretrained(str(tmp))
-    save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    (tmp / "fedft.json").write_text(json.dumps(meta, indent=2))
-    final = out_dir / "adapter"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.chmod(0o755)
-    tmp.rename(final)
+    from fedft.folders import write_folder
+
+    def save(tmp: Path) -> None:
+        config.save_pretrained(str(tmp))
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "fedft.json").write_text(json.dumps(meta, indent=2))
+
+    write_folder(out_dir / "adapter", save, exists="replace")
     files = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/fedft.json"]
     return files + write_plain(model, out_dir, meta, None, files)

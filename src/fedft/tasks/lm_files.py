@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from fedft.errors import UsageError
+from fedft.folders import write_folder
 
 
 def _export_info(run: Path) -> dict:
@@ -68,21 +68,12 @@ def generate(run: str | Path, prompt: str, max_new_tokens: int = 64) -> str:
     return tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
 
-def write_folder(out: str | Path, save) -> Path:
-    """`save(tmp)` into a fresh folder renamed into place at the end: nothing half-written at `out`."""
+def new_folder(out: str | Path, save) -> Path:
+    """`save(tmp)`, renamed into place at `out` (nothing half-written there); an existing `out` is refused."""
     out = Path(out)
     if out.exists():
         raise UsageError(f"{str(out)!r} exists; give a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    try:
-        save(tmp)
-        tmp.chmod(0o755)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return write_folder(out, save)
 
 
 def export_merged(run: str | Path, out: str | Path) -> Path:
@@ -92,7 +83,7 @@ def export_merged(run: str | Path, out: str | Path) -> Path:
         model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
 
-    return write_folder(out, save)
+    return new_folder(out, save)
 
 
 def export_base(name: str, out: str | Path) -> Path:
@@ -103,4 +94,4 @@ def export_base(name: str, out: str | Path) -> Path:
         raise UsageError(f"--model {name!r}: export-base writes the built-in smollm2-135m (a local folder already "
                          f"is a base)")
     src = Path(smollm2_path())
-    return write_folder(out, lambda tmp: [shutil.copy2(f, tmp / f.name) for f in src.iterdir() if f.is_file()])
+    return new_folder(out, lambda tmp: [shutil.copy2(f, tmp / f.name) for f in src.iterdir() if f.is_file()])
