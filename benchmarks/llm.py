@@ -6,7 +6,9 @@ many simulated clients add to peak memory over the one shared base model.
 1. Memory. Peak resident memory (ru_maxrss, which only grows) after one federated round of 10 clients (one batch
    each: the training step's own working memory is in it), then after a round of --clients clients on the same
    shared model: the growth is what the extra clients cost (their updates, held until aggregation), against
-   (--clients - 10) x the LoRA state's size.
+   (--clients - 10) x the LoRA state's size; and the resident memory (VmRSS) at the moment the strategy aggregates,
+   when every update is held: its growth is what holding the states costs, without the training step's working
+   memory (which differs between rounds with the longest batch a round happens to train).
 2. Step time. One batch (fl.batch_size rows of the config's training data, as fedft batches them). fedft: its
    train_batches on the run's model (peft LoRA inside fedft's wrapper, its loss counting response tokens only).
    plain: AutoModelForCausalLM.from_pretrained(BASE) + peft get_peft_model with the same LoraConfig, AdamW at the
@@ -59,19 +61,42 @@ def main() -> None:
     step_time(b, exp, config, args.steps)
 
 
-def memory(b, exp, config, clients: int, state_mb: float) -> None:
-    from fedft.api import assemble
+def current_mb() -> float:
+    """Resident memory now (VmRSS), in MB."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def round_at_aggregation(fed) -> tuple[object, float]:
+    """One round of `fed`; also the resident memory when the strategy aggregates (every update held)."""
     from fedft.fl.loop import federated
 
-    row = next(federated(b.fed))
+    seen, aggregate = [], fed.strategy.aggregate
+
+    def measured(*args, **kwargs):
+        seen.append(current_mb())
+        return aggregate(*args, **kwargs)
+
+    fed.strategy.aggregate = measured
+    return next(federated(fed)), seen[0]
+
+
+def memory(b, exp, config, clients: int, state_mb: float) -> None:
+    from fedft.api import assemble
+
+    row, held_small = round_at_aggregation(b.fed)
     small = rss_mb()
-    print(f"one round of {row.sampled} clients: peak RSS {small:.0f} MB")
+    print(f"one round of {row.sampled} clients: peak RSS {small:.0f} MB; {held_small:.0f} MB resident at aggregation")
     exp.config = dataclasses.replace(config, fl=dataclasses.replace(config.fl, clients_per_round=clients))
-    row = next(federated(assemble(exp).fed))
+    row, held_big = round_at_aggregation(assemble(exp).fed)
     big = rss_mb()
     extra = row.sampled - 10
     print(f"one round of {row.sampled} clients: peak RSS {big:.0f} MB: +{big - small:.0f} MB for {extra} more clients, "
-          f"whose LoRA states weigh {extra * state_mb:.0f} MB")
+          f"whose LoRA states weigh {extra * state_mb:.0f} MB ({(big - small) / (extra * state_mb):.2f}x); resident at "
+          f"aggregation {held_big:.0f} MB: +{held_big - held_small:.0f} MB "
+          f"({(held_big - held_small) / (extra * state_mb):.2f}x)")
 
 
 def step_time(b, exp, config, steps: int) -> None:
