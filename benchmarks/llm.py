@@ -51,8 +51,8 @@ def main() -> None:
                                        "data.train_per_class=8"])  # about 8 rows, one batch, a client
     exp = prepare(config)
     built = rss_mb()
-    state_mb = sum(p.numel() * 4 for p in exp.params.values()) / 1e6
-    print(f"built: peak RSS {built:.0f} MB; LoRA state {state_mb:.2f} MB ({sum(p.numel() for p in exp.params.values()):,} "
+    state_mb = sum(p.numel() * 4 for p in exp.params.values()) / 2**20  # MiB, as the RSS figures (KiB / 1024)
+    print(f"built: peak RSS {built:.0f} MiB; LoRA state {state_mb:.2f} MiB ({sum(p.numel() for p in exp.params.values()):,} "
           f"parameters)")
 
     b = assemble(exp)  # first the memory (ru_maxrss only grows: before the plain model is loaded)
@@ -62,7 +62,7 @@ def main() -> None:
 
 
 def current_mb() -> float:
-    """Resident memory now (VmRSS), in MB."""
+    """Resident memory now (VmRSS), in MiB."""
     for line in open("/proc/self/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -88,14 +88,14 @@ def memory(b, exp, config, clients: int, state_mb: float) -> None:
 
     row, held_small = round_at_aggregation(b.fed)
     small = rss_mb()
-    print(f"one round of {row.sampled} clients: peak RSS {small:.0f} MB; {held_small:.0f} MB resident at aggregation")
+    print(f"one round of {row.sampled} clients: peak RSS {small:.0f} MiB; {held_small:.0f} MiB resident at aggregation")
     exp.config = dataclasses.replace(config, fl=dataclasses.replace(config.fl, clients_per_round=clients))
     row, held_big = round_at_aggregation(assemble(exp).fed)
     big = rss_mb()
     extra = row.sampled - 10
-    print(f"one round of {row.sampled} clients: peak RSS {big:.0f} MB: +{big - small:.0f} MB for {extra} more clients, "
-          f"whose LoRA states weigh {extra * state_mb:.0f} MB ({(big - small) / (extra * state_mb):.2f}x); resident at "
-          f"aggregation {held_big:.0f} MB: +{held_big - held_small:.0f} MB "
+    print(f"one round of {row.sampled} clients: peak RSS {big:.0f} MiB: +{big - small:.0f} MiB for {extra} more clients, "
+          f"whose LoRA states weigh {extra * state_mb:.0f} MiB ({(big - small) / (extra * state_mb):.2f}x); resident at "
+          f"aggregation {held_big:.0f} MiB: +{held_big - held_small:.0f} MiB "
           f"({(held_big - held_small) / (extra * state_mb):.2f}x)")
 
 
