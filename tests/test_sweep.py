@@ -57,6 +57,14 @@ def test_summary_mean_and_std_over_repeats(tiny, tmp_path):
     assert int(row["repeats"]) == 3
     assert float(row["accuracy_mean"]) == pytest.approx(np.mean(accs), abs=1e-4)
     assert float(row["accuracy_std"]) == pytest.approx(np.std(accs, ddof=1), abs=1e-4)
+    assert row["precision"] == record["precision"]["used"] and row["cpu"] == record["machine"]["cpu"]  # one machine
+    from fedft.summary import load_finished, summarise  # a row whose runs differ says so
+
+    records = load_finished([out / f"method.name-head__seed-{seed}" for seed in range(3)])
+    other = "fp32" if row["precision"] == "bf16" else "bf16"
+    records[1]["precision"], records[2]["machine"]["cpu"] = {"used": other}, "another CPU"
+    (mixed,) = summarise(records)[1]
+    assert mixed["precision"] == f"{row['precision']}; {other}" and mixed["cpu"] == f"{row['cpu']}; another CPU"
     assert {"summary.md", "curves.png", "frontier.png"} <= {p.name for p in out.iterdir()}
 
 

@@ -80,6 +80,8 @@ def summarise(records: list[dict]) -> tuple[list[str], list[dict]]:
             "trainable_params": members[0]["final"]["trainable_params"],
             "epsilon": "inf" if eps[0] is None else round(float(np.mean(eps)), 3),
             "dropped_share": round(_dropped_share(members), 3),
+            "precision": _each(m.get("precision", {}).get("used", "fp32") for m in members),
+            "cpu": _each(m.get("machine", {}).get("cpu", "unknown") for m in members),
             "runs": ";".join(Path(m["_dir"]).name for m in members),
         })
         rows.append(row)
@@ -165,6 +167,11 @@ def _order(v) -> tuple:
 
 def _show(v) -> str:
     return str(v)
+
+
+def _each(values) -> str:
+    """The distinct values of a row's runs, in first-seen order ("fp32", or "fp32; bf16" for a mixed row)."""
+    return "; ".join(dict.fromkeys(values))
 
 
 def _dropped_share(members: list[dict]) -> float:
