@@ -8,7 +8,9 @@ many simulated clients add to peak memory over the one shared base model.
    shared model: the growth is what the extra clients cost (their updates, held until aggregation), against
    (--clients - 10) x the LoRA state's size; and the resident memory (VmRSS) at the moment the strategy aggregates,
    when every update is held: its growth is what holding the states costs, without the training step's working
-   memory (which differs between rounds with the longest batch a round happens to train).
+   memory (which differs between rounds with the longest batch a round happens to train). Then both rounds once
+   more, warm: the first pass grows the process's working memory for every batch shape it meets for the first time
+   (a round of 100 clients meets more), which is not the states' cost; the second pass shows what holding them costs.
 2. Step time. One batch (fl.batch_size rows of the config's training data, as fedft batches them). fedft: its
    train_batches on the run's model (peft LoRA inside fedft's wrapper, its loss counting response tokens only).
    plain: AutoModelForCausalLM.from_pretrained(BASE) + peft get_peft_model with the same LoraConfig, AdamW at the
@@ -97,6 +99,14 @@ def memory(b, exp, config, clients: int, state_mb: float) -> None:
           f"whose LoRA states weigh {extra * state_mb:.0f} MiB ({(big - small) / (extra * state_mb):.2f}x); resident at "
           f"aggregation {held_big:.0f} MiB: +{held_big - held_small:.0f} MiB "
           f"({(held_big - held_small) / (extra * state_mb):.2f}x)")
+    # warm: the process has now trained every batch shape of both rounds once; the same two rounds again
+    exp.config = config
+    _, warm_small = round_at_aggregation(assemble(exp).fed)
+    exp.config = dataclasses.replace(config, fl=dataclasses.replace(config.fl, clients_per_round=clients))
+    _, warm_big = round_at_aggregation(assemble(exp).fed)
+    print(f"the same rounds again (warm): resident at aggregation {warm_small:.0f} MiB with 10 clients, {warm_big:.0f} "
+          f"MiB with {row.sampled}: +{warm_big - warm_small:.0f} MiB ({(warm_big - warm_small) / (extra * state_mb):.2f}x "
+          f"their states)")
 
 
 def step_time(b, exp, config, steps: int) -> None:
