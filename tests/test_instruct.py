@@ -206,3 +206,24 @@ def test_local_only_and_central_baselines_report_the_tasks_metrics(tmp_path, mod
     assert rows[-1]["loss"] is not None and all(set(r) == set(rows[-1]) for r in rows)
     assert all((r["rougeL"] is not None and r["perplexity"] is not None) == (r["loss"] is not None) for r in rows)
     assert result.final["rougeL"] == rows[-1]["rougeL"] and result.final["accuracy"] is None
+
+
+def test_a_resumed_run_keeps_its_base_without_evaluating_the_base_model_again(tmp_path):
+    """The base model's figures and answers come back from the checkpoint: the resumed run never evaluates the base
+    model (a real model's greedy answers take minutes), and its results.json equals the uninterrupted run's."""
+    sets = wordnet(**{"fl.rounds": 3})
+    whole = json.loads((fedft.run(load_config(None, sets), tmp_path / "whole").out_dir / "results.json").read_text())
+
+    def stop_after_one(line):
+        if line.startswith("round   1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fedft.run(load_config(None, sets), tmp_path / "cut", log=stop_after_one)
+    lines = []
+    fedft.run(load_config(None, sets), tmp_path / "cut", log=lines.append, resume=True)
+    assert any(line.startswith("resuming after round 1") for line in lines)
+    assert not any(line.startswith("base model") for line in lines)  # not evaluated again
+    cut = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert cut["base"] == whole["base"] and cut["final"]["samples"] == whole["final"]["samples"]
+    assert [r["loss"] for r in cut["rounds"]] == [r["loss"] for r in whole["rounds"]]

@@ -249,15 +249,20 @@ SAMPLES = 3  # held-out prompts shown in results.json with the base model's and 
 
 class Samples(Hook):
     """results.json's final.samples: the first held-out prompts, their references, and the answers of the base
-    model and of the model as the last evaluation left it."""
+    model and of the model as the last evaluation left it. Its checkpoint state keeps the base model's figures, so a
+    resumed run does not evaluate the base model again (greedy answers: minutes on a real model)."""
 
-    def __init__(self, task: Instruct, samples: list[dict]) -> None:
-        self.task, self.samples = task, samples
+    def __init__(self, task: Instruct, samples: list[dict], base: dict) -> None:
+        self.task, self.samples, self.base = task, samples, base
 
     def finish(self, out_dir, rounds):
         for i, s in enumerate(self.samples):
             s["trained"] = self.task.answers[i]
         return {"samples": self.samples}
+
+    def state(self) -> dict:
+        return {"base": self.base, "samples": [{k: s[k] for k in ("prompt", "reference", "base")}
+                                               for s in self.samples]}
 
 
 @part(2)
@@ -273,10 +278,14 @@ def instruct_base(b) -> None:
     note = weights_note(exp.model_source) if exp.model_source else None
     if note:
         b.record["model_weights"] = note
-    b.record["base"] = exp.task.evaluate(exp.model, exp.test, precision=b.pool.cfg.precision)
     b.record["prompts"] = {"train": getattr(exp.train, "cut", {}), "test": getattr(exp.test, "cut", {})}
-    shown = min(SAMPLES, len(getattr(exp.task, "answers", [])))
-    b.final["samples"] = [{"prompt": exp.test.questions[i], "reference": exp.test.references[i],
-                           "base": exp.task.answers[i]} for i in range(shown)]
-    b.fed.hooks.append(Samples(exp.task, b.final["samples"]))
-    b.log(f"base model: held-out loss {b.record['base']['loss']:.4f}, ROUGE-L {b.record['base'].get('rougeL')}")
+    saved = ((b.fed.resume or {}).get("parts") or {}).get(f"hook:{Samples.__name__}") or {}
+    if "base" in saved:  # resumed: the base model was evaluated before the first round
+        b.record["base"], b.final["samples"] = saved["base"], saved["samples"]
+    else:
+        b.record["base"] = exp.task.evaluate(exp.model, exp.test, precision=b.pool.cfg.precision)
+        shown = min(SAMPLES, len(getattr(exp.task, "answers", [])))
+        b.final["samples"] = [{"prompt": exp.test.questions[i], "reference": exp.test.references[i],
+                               "base": exp.task.answers[i]} for i in range(shown)]
+        b.log(f"base model: held-out loss {b.record['base']['loss']:.4f}, ROUGE-L {b.record['base'].get('rougeL')}")
+    b.fed.hooks.append(Samples(exp.task, b.final["samples"], b.record["base"]))
