@@ -62,8 +62,8 @@ def cell(name: str, sets: list[str]) -> dict:
     from fedft.config import load_config
 
     folder = OUT / name
-    if finished(name) is not None:
-        return finished(name)
+    if (record := finished(name)) is not None:
+        return record
     if folder.exists():
         shutil.rmtree(folder)
     tmp = OUT / f".{name}.running"
@@ -93,10 +93,10 @@ def cell(name: str, sets: list[str]) -> dict:
 
 
 def finished(name: str) -> dict | None:
+    """Cell `name`'s results.json if its run completed, else None."""
     done = OUT / name / "results.json"
-    if done.exists() and json.loads(done.read_text()).get("status") == "completed":
-        return json.loads(done.read_text())
-    return None
+    record = json.loads(done.read_text()) if done.exists() else {}
+    return record if record.get("status") == "completed" else None
 
 
 def same_run_elsewhere(config: dict) -> Path | None:
@@ -112,6 +112,11 @@ def same_run_elsewhere(config: dict) -> Path | None:
         if record.get("status") == "completed" and record.get("config") == config:
             return f
     return None
+
+
+def verdict(gap: np.ndarray, bound: float) -> str:
+    """Is the mean paired gap above `bound`? (n/a for one seed: no standard error)"""
+    return ("yes" if gap.mean() > bound else "no") if len(gap) > 1 else "n/a"
 
 
 def mean_std(xs: list[float]) -> str:
@@ -152,8 +157,8 @@ def main() -> None:
             "method": method, "seeds": len(gap),
             "fp32_accuracy": mean_std(acc["fp32"]), "bf16_accuracy": mean_std(acc["bf16"]),
             "gap_points": f"{100 * gap.mean():+.2f} ± {100 * se:.2f} (SE)",
-            "beyond_2_se": ("yes" if gap.mean() > 2 * se else "no") if len(gap) > 1 else "n/a",
-            "bf16_costs_accuracy": ("yes" if gap.mean() > max(2 * se, FLOOR) else "no") if len(gap) > 1 else "n/a",
+            "beyond_2_se": verdict(gap, 2 * se),
+            "bf16_costs_accuracy": verdict(gap, max(2 * se, FLOOR)),
             "fp32_seconds": round(float(np.mean([r["study"]["wall_seconds"] for r in runs["fp32"]]))),
             "bf16_seconds": round(float(np.mean([r["study"]["wall_seconds"] for r in runs["bf16"]]))),
             "bf16/fp32_time": f"{np.mean(ratio):.2f}" if ratio else "n/a",

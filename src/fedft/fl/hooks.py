@@ -110,3 +110,8 @@ class Validation(Hook):
         log.fields["rejected"] = rejected or None
         bad = {r["client"] for r in rejected}
         return [u for u in updates if u.cid not in bad]
+
+
+def hook_key(kind: type) -> str:
+    """A hook's name among a checkpoint's parts (a run has one hook of each type)."""
+    return f"hook:{kind.__name__}"

@@ -20,7 +20,7 @@ from fedft.fl.availability import client_sampler, sample_clients
 from fedft.fl.channel import Channel
 from fedft.fl.client import client_seed, lengths_for, load_state, make_optimizer, read_state, shuffled_batches, \
     train_batches
-from fedft.fl.hooks import Hook, RoundLog
+from fedft.fl.hooks import Hook, RoundLog, hook_key
 from fedft.fl.messages import Update
 from fedft.fl.runners import Runner
 from fedft.fl.strategies import Strategy
@@ -81,7 +81,7 @@ class Federation:
         """Everything with checkpoint state, by a stable name."""
         channel = {"channel": self.channel} if self.channel.error_feedback else {}  # clients' quantisation memory
         return {"strategy": self.strategy, "runner": self.runner, **channel,
-                **{f"hook:{type(h).__name__}": h for h in self.hooks}}
+                **{hook_key(type(h)): h for h in self.hooks}}
 
     def eval_round(self, rnd: int) -> bool:
         return rnd % self.fl.eval_every == 0 or rnd == self.fl.rounds

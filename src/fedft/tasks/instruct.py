@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fedft.errors import UsageError
-from fedft.fl.hooks import Hook
+from fedft.fl.hooks import Hook, hook_key
 from fedft.fl.parts import part
 from fedft.tasks.base import TASKS, Task
 
@@ -279,7 +279,7 @@ def instruct_base(b) -> None:
     if note:
         b.record["model_weights"] = note
     b.record["prompts"] = {"train": getattr(exp.train, "cut", {}), "test": getattr(exp.test, "cut", {})}
-    saved = ((b.fed.resume or {}).get("parts") or {}).get(f"hook:{Samples.__name__}") or {}
+    saved = ((b.fed.resume or {}).get("parts") or {}).get(hook_key(Samples)) or {}
     if "base" in saved:  # resumed: the base model was evaluated before the first round
         b.record["base"], b.final["samples"] = saved["base"], saved["samples"]
     else:
