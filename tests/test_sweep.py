@@ -189,3 +189,36 @@ def test_every_shipped_config_and_sweep_cell_checks(path):
     grid, repeat, variants = read_sweep(path)
     made = cells(path, [], grid, repeat, variants) if grid or variants else [load_config(path)]
     assert made
+
+
+def test_workers_run_cells_side_by_side_with_the_same_results(tiny, tmp_path, capsys):
+    grid = ["--grid", "method.name=head,bias", "--grid", "fl.local_epochs=1,2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(sweep_args(tiny, one, *grid)) == 0
+    # one cell finished before: the workers skip it and leave it as it was
+    first = "method.name-head__fl.local_epochs-1__seed-0"
+    (two / first).mkdir(parents=True)
+    (two / first / "results.json").write_bytes((one / first / "results.json").read_bytes())
+    mtime = (two / first / "results.json").stat().st_mtime_ns
+    assert main(sweep_args(tiny, two, *grid, "--workers", "2")) == 0
+    assert (two / first / "results.json").stat().st_mtime_ns == mtime
+    assert "done earlier, skipped" in capsys.readouterr().out
+    import os
+
+    for d in sorted(one.iterdir()):
+        if not (d / "results.json").is_file():
+            continue
+        a, b = (json.loads((r / d.name / "results.json").read_text()) for r in (one, two))
+        assert b["status"] == "completed"
+        assert [r["accuracy"] for r in a["rounds"]] == [r["accuracy"] for r in b["rounds"]], d.name
+        assert {k: v for k, v in a["final"].items() if k != "seconds"} == \
+            {k: v for k, v in b["final"].items() if k != "seconds"}
+        if d.name != first:  # each worker trains with its share of the cores
+            assert b["machine"]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    with (two / "summary.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 4
+
+
+def test_workers_below_one_exit_2(tiny, tmp_path, capsys):
+    assert main(sweep_args(tiny, tmp_path / "sw", "--grid", "method.name=head", "--workers", "0")) == 2
+    assert "--workers 0: must be >= 1" in capsys.readouterr().err and not (tmp_path / "sw").exists()
