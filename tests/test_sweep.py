@@ -222,3 +222,38 @@ def test_workers_run_cells_side_by_side_with_the_same_results(tiny, tmp_path, ca
 def test_workers_below_one_exit_2(tiny, tmp_path, capsys):
     assert main(sweep_args(tiny, tmp_path / "sw", "--grid", "method.name=head", "--workers", "0")) == 2
     assert "--workers 0: must be >= 1" in capsys.readouterr().err and not (tmp_path / "sw").exists()
+
+
+def test_sigint_to_the_main_process_stops_a_background_workers_sweep(tiny, tmp_path):
+    """`nohup fedft sweep ... --workers 2 &` from a script starts with SIGINT ignored; `kill -INT` of the main process
+    alone (not its process group) must still stop every cell, keep what finished and write the summary."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sw"
+    args = sweep_args(lambda: tiny(**{"fl.rounds": 200}), out, "--grid", "method.name=head,bias", "--workers", "2")
+    log = tmp_path / "log"
+    with log.open("w") as f:
+        p = subprocess.Popen([sys.executable, "-m", "fedft.cli", *args], stdout=f, stderr=subprocess.STDOUT,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN), start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # both cells have written a finished round
+            if all(json.loads(r.read_text()).get("rounds") for r in out.glob("*/results.json")) and \
+                    len(list(out.glob("*/results.json"))) == 2:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the cells did not start: " + log.read_text()[-2000:])
+        os.kill(p.pid, signal.SIGINT)
+        assert p.wait(timeout=120) == 130, log.read_text()[-2000:]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert "interrupted; finished runs are kept" in log.read_text()
+    for r in out.glob("*/results.json"):
+        record = json.loads(r.read_text())
+        assert record["status"] == "interrupted" and 1 <= len(record["rounds"]) < 200

@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    # A command started in the background by a non-interactive shell (`nohup fedft sweep ... &`) inherits SIGINT
+    # ignored, and `kill -INT` would do nothing: take it back, so it stops the run as Ctrl-C does.
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         return COMMANDS[args.command](args)
     except UsageError as e:
