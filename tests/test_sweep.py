@@ -226,7 +226,7 @@ def test_workers_below_one_exit_2(tiny, tmp_path, capsys):
 
 def test_sigint_to_the_main_process_stops_a_background_workers_sweep(tiny, tmp_path):
     """`nohup fedft sweep ... --workers 2 &` from a script starts with SIGINT ignored; `kill -INT` of the main process
-    alone (not its process group) must still stop every cell, keep what finished and write the summary."""
+    alone (not its process group) must still stop every cell, each keeping the rounds it finished."""
     import os
     import signal
     import subprocess
