@@ -15,7 +15,7 @@ from fedft.fl.batched import train_batched
 from fedft.fl.client import TrainConfig, client_seed, local_train, read_state
 from fedft.fl import precision
 from fedft.fl.precision import resolve
-from fedft.methods import METHODS, trainable_parameters
+from fedft.methods import trainable_parameters
 from test_batched import no_dropout
 from test_methods import MODELS, OWN
 from test_resume import _cut_after_two, same
@@ -88,13 +88,14 @@ def test_a_feature_or_method_that_needs_fp32_keeps_it_under_auto(tmp_path, tiny,
     rec = json.loads((tmp_path / "dp" / "results.json").read_text())["precision"]
     assert rec == {"used": "fp32", "why": "auto: dp.mode = sample (Opacus' per-sample gradients need fp32)"}
 
-    monkeypatch.setattr(METHODS.get("prompt", "method.name"), "keep_fp32", "bf16 was measured to cost accuracy")
-    exp = prepare(load_config(None, tiny(**{"method.name": "prompt", "fl.precision": "auto"})))
-    assert (exp.precision.used, exp.precision.why) == ("fp32", "auto: bf16 was measured to cost accuracy")
-    exp = prepare(load_config(None, tiny(**{"method.name": "prompt", "fl.precision": "bf16"})))
+    deep = {"method.name": "prompt", "method.deep": True}  # measured to lose accuracy in bf16 (precision study)
+    exp = prepare(load_config(None, tiny(**deep, **{"fl.precision": "auto"})))
+    assert exp.precision.used == "fp32" and exp.precision.why.startswith("auto: method.deep = true"), exp.precision
+    exp = prepare(load_config(None, tiny(**deep, **{"fl.precision": "bf16"})))
     assert exp.precision.used == "bf16"  # asked for explicitly: honoured
-    exp = prepare(load_config(None, tiny(**{"method.name": "bias", "fl.precision": "auto"})))
-    assert exp.precision.used == "bf16"
+    for shallow in ({"method.name": "prompt"}, {"method.name": "bias"}):
+        exp = prepare(load_config(None, tiny(**shallow, **{"fl.precision": "auto"})))
+        assert exp.precision.used == "bf16", shallow
 
 
 def _one_round(tiny, tmp_path, name, **extra):

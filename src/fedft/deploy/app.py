@@ -180,7 +180,7 @@ class Node:
         from fedft.tasks import TASKS
 
         fl = self.config.fl
-        keep = METHODS.get(self.config.method.name, "method.name").keep_fp32
+        keep = METHODS.get(self.config.method.name, "method.name")(self.config.method).keep_fp32
         prec = resolve(fl.precision, next(self.model.parameters()).device, keep, _warn_once)  # this node's machine
         cfg = TrainConfig(fl.local_epochs, fl.batch_size, self.lr, fl.weight_decay, 0.0, fl.group_by_length,
                           prec.used, TASKS.get(self.task, "task.name")().loss, fl.optimizer, fl.momentum)

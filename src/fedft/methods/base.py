@@ -32,7 +32,12 @@ class Method:
         """Round hooks this method needs (fedft.fl.hooks.Hook; method layers: which layers each client trains)."""
         return []
 
-    keep_fp32: ClassVar[str] = ""  # why fl.precision = auto keeps this method in fp32 (measured to cost accuracy)
+    @property
+    def keep_fp32(self) -> str:
+        """Why fl.precision = auto keeps this method, as configured, in fp32 (bf16 measured to cost accuracy);
+        "" where bf16 is fine."""
+        return ""
+
     plain: ClassVar[bool] = True  # its trained tensors are plain backbone tensors (not adapters or prompts)
 
     def export(self, model: nn.Module, out_dir: Path, meta: dict) -> list[str]:

@@ -59,6 +59,15 @@ class Prompt(Method):
     plain = False  # its modules exist only in fedft: exported as trainable.safetensors, with the head
     default_lr = 1e-2
 
+    @property
+    def keep_fp32(self) -> str:
+        # benchmarks/studies/precision/table.md, 3 seed pairs of the default run: deep prompts lost 0.35 +- 0.13
+        # (SE) points to bf16, fp32 ahead on every seed; shallow prompts' gap was within 2 SE.
+        if self.cfg.deep:
+            return ("method.deep = true (deep prompts measured 0.35 points less accurate in bf16: "
+                    "benchmarks/studies/precision/table.md)")
+        return ""
+
     def apply(self, model):
         lookup(ADAPTER_AFTER, model.backbone.config.model_type, "method 'prompt'")  # a layout we know
         layers = transformer_layers(model.backbone)
