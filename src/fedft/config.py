@@ -242,7 +242,8 @@ class FLConfig:
                       default="auto")
     precision: str = doc("auto (bf16 autocast where the device computes bf16 natively, by torch's check: a GPU, or "
                          "a CPU with AVX512-BF16 or AMX whose bf16 matrix products are also measured >= 1.2x faster "
-                         "than fp32, once per machine; else fp32, and fp32 for features that need it) | fp32 | "
+                         "than fp32, once per machine; else fp32, and fp32 for sample-level DP and deep prompts, "
+                         "measured less accurate in bf16) | fp32 | "
                          "bf16 (weights and optimizer state stay fp32)",
                          default="auto")
     dropout: float = doc("probability that a sampled client fails to return its update (seeded, per round)",
