@@ -214,3 +214,39 @@ def test_a_flower_node_resolves_auto_on_its_own_machine(tiny, monkeypatch):
         seen.clear()
         node.local_update(start, 1)
         assert seen and set(seen) == {want}
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "bias", "layers", "full"])
+def test_frozen_weights_cast_once_give_plain_autocasts_results_bit_for_bit(tmp_path, tiny, monkeypatch, method):
+    """fl/precision.lowered (each frozen weight's bf16 copy made once) changes the speed, not one bit of a bf16 run:
+    the same run with plain autocast (lowered made a no-op) saves the same weights and records the same rounds."""
+    sets = tiny(**{"method.name": method, "fl.rounds": 2, "fl.precision": "bf16"})
+    fedft.run(load_config(None, sets), tmp_path / "lowered")
+    from contextlib import nullcontext
+
+    from fedft.fl import client
+
+    monkeypatch.setattr(client, "lowered", lambda *a, **k: nullcontext())
+    monkeypatch.setattr(precision, "lowered", lambda *a, **k: nullcontext())
+    fedft.run(load_config(None, sets), tmp_path / "plain")
+    same(tmp_path / "lowered", tmp_path / "plain")
+
+
+def test_lowered_uses_a_bf16_copy_only_inside_and_remakes_it_when_the_weight_changes():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 4).requires_grad_(False)
+    x = torch.randn(3, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = lin(x)
+        with precision.lowered(lin, "bf16"):
+            assert "forward" in vars(lin) and lin.weight.dtype == torch.float32  # module.weight: still fp32
+            assert torch.equal(lin(x), want)
+            first = precision._low(lin.weight)
+        assert "forward" not in vars(lin)
+        with torch.no_grad():
+            lin.weight.mul_(2)  # the weight changed: its old copy is stale
+        with precision.lowered(lin, "bf16"):
+            assert precision._low(lin.weight) is not first
+            assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+    with precision.lowered(lin, "fp32"):  # fp32: nothing changes
+        assert "forward" not in vars(lin)

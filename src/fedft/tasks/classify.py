@@ -76,7 +76,7 @@ class Classify(Task):
         "personal_accuracy": the mean over those clients of the accuracy on a test set drawn with the client's own
         label distribution (the per-class test accuracy weighted by the client's label shares), which is how a
         client holding few labels sees a model."""
-        from fedft.fl.precision import autocast
+        from fedft.fl.precision import autocast, lowered
 
         model.eval()
         device = next(model.parameters()).device
@@ -86,16 +86,17 @@ class Classify(Task):
         k = 0 if profiles is None else profiles.shape[1]
         right = torch.zeros(k, dtype=torch.long, device=device)  # per class: correct, and examples
         seen = torch.zeros(k, dtype=torch.long, device=device)
-        for i in range(0, len(order), batch_size):
-            inputs, labels = data.batch(order[i: i + batch_size])
-            with autocast(device, precision):
-                logits = model(**inputs).float()
-            loss += cross_entropy(logits, labels, reduction="sum")
-            hit = logits.argmax(-1) == labels
-            correct += hit.sum()
-            if k:
-                seen += torch.bincount(labels, minlength=k)[:k]
-                right += torch.bincount(labels[hit], minlength=k)[:k]
+        with lowered(model, precision, trainable=True):  # every weight cast to bf16 once per evaluation
+            for i in range(0, len(order), batch_size):
+                inputs, labels = data.batch(order[i: i + batch_size])
+                with autocast(device, precision):
+                    logits = model(**inputs).float()
+                loss += cross_entropy(logits, labels, reduction="sum")
+                hit = logits.argmax(-1) == labels
+                correct += hit.sum()
+                if k:
+                    seen += torch.bincount(labels, minlength=k)[:k]
+                    right += torch.bincount(labels[hit], minlength=k)[:k]
         out = {"accuracy": int(correct) / len(order), "loss": float(loss) / len(order)}
         if k:
             out["personal_accuracy"] = personal_accuracy(right.cpu().numpy(), seen.cpu().numpy(), profiles)

@@ -183,20 +183,21 @@ class Instruct(Task):
 
     @torch.inference_mode()
     def evaluate(self, model, data, batch_size=32, precision="fp32", profiles=None):
-        from fedft.fl.precision import autocast
+        from fedft.fl.precision import autocast, lowered
 
         model.eval()
         device = next(model.parameters()).device
         order = np.argsort(data.lengths(), kind="stable")
         total = torch.zeros((), dtype=torch.float64, device=device)
         count = torch.zeros((), dtype=torch.long, device=device)
-        for i in range(0, len(order), batch_size):
-            inputs, targets = data.batch(order[i: i + batch_size])
-            with autocast(device, precision):
-                logits = model(**inputs)
-            s, c = token_losses(logits, targets)
-            total += s.sum()
-            count += c.sum()
+        with lowered(model, precision, trainable=True):  # every weight cast to bf16 once per evaluation
+            for i in range(0, len(order), batch_size):
+                inputs, targets = data.batch(order[i: i + batch_size])
+                with autocast(device, precision):
+                    logits = model(**inputs)
+                s, c = token_losses(logits, targets)
+                total += s.sum()
+                count += c.sum()
         loss = float(total) / max(int(count), 1)
         out = {"accuracy": None, "loss": loss, "perplexity": math.exp(min(loss, 50.0))}
         if self.generate:
@@ -207,25 +208,26 @@ class Instruct(Task):
 
     def answer(self, model, data, rows, precision: str = "fp32") -> list[str]:
         """Greedy answers to the prompts of `rows` (batches of 16, left-padded)."""
-        from fedft.fl.precision import autocast
+        from fedft.fl.precision import autocast, lowered
 
         lm = _causal(model)
         tok = lm.tokenizer
         device = next(model.parameters()).device
         rows = list(rows)
         out = []
-        for i in range(0, len(rows), 16):
-            prompts = [data.prompts[j] for j in rows[i: i + 16]]
-            longest = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), longest), data.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-            for r, p in enumerate(prompts):
-                ids[r, longest - len(p):], mask[r, longest - len(p):] = p, 1
-            with autocast(device, precision):
-                gen = lm.backbone.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                           max_new_tokens=self.max_new_tokens, do_sample=False,
-                                           pad_token_id=data.pad_id, eos_token_id=tok.eos_token_id)
-            out += [tok.decode(g[longest:], skip_special_tokens=True).strip() for g in gen]
+        with lowered(model, precision, trainable=True):  # every weight cast to bf16 once, not per token
+            for i in range(0, len(rows), 16):
+                prompts = [data.prompts[j] for j in rows[i: i + 16]]
+                longest = max(len(p) for p in prompts)
+                ids = torch.full((len(prompts), longest), data.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+                for r, p in enumerate(prompts):
+                    ids[r, longest - len(p):], mask[r, longest - len(p):] = p, 1
+                with autocast(device, precision):
+                    gen = lm.backbone.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                               max_new_tokens=self.max_new_tokens, do_sample=False,
+                                               pad_token_id=data.pad_id, eos_token_id=tok.eos_token_id)
+                out += [tok.decode(g[longest:], skip_special_tokens=True).strip() for g in gen]
         return out
 
 
