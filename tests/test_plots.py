@@ -69,6 +69,21 @@ def test_bands_full_keys_and_one_colour_per_cell(figures):
     assert len({matplotlib.colors.to_hex(ln.get_color()) for ln in line.values()}) == 4
 
 
+def test_mb_axis_is_log_so_payloads_apart_by_orders_of_magnitude_both_show(figures):
+    records = grid_records()  # lora sends 0.3 MB a round, full 90 MB
+    keys, rows = summary.summarise(records)
+    summary.plot_summary(__import__("pathlib").Path("/unused"), keys, records, rows)
+    by_round, by_mb = figures["curves.png"].axes
+    assert by_round.get_xscale() == "linear" and by_mb.get_xscale() == "log"
+    lora = [ln for ln in by_mb.get_lines() if "lora" in ln.get_label()][0]
+    lo, hi = by_mb.get_xlim()
+    # on the log axis the LoRA curve spans a visible share of the width (on a linear one it is < 1%)
+    xs = lora.get_xdata()
+    assert (np.log(xs.max()) - np.log(xs.min())) / (np.log(hi) - np.log(lo)) > 0.1
+    by_mb.figure.canvas.draw()
+    assert all("e" not in t.get_text() and "10^" not in t.get_text() for t in by_mb.get_xticklabels())
+
+
 def test_round_ticks_are_whole_numbers_and_title_names_model_data_method(figures):
     records = [record("lora", "dirichlet", s, [0.3, 0.4, 0.5, 0.55, 0.6]) for s in range(3)]
     keys, rows = summary.summarise(records)

@@ -84,8 +84,8 @@ def outside_legend(ax) -> None:
 
 def curves(path: Path, groups: dict[str, list[dict]], colour: dict[str, tuple], heading: str,
            metric: str = "accuracy") -> None:
-    """Accuracy (or the task's `metric`) against round (left) and against cumulative MB sent (right), one band per
-    cell over its runs."""
+    """Accuracy (or the task's `metric`) against round (left) and against cumulative MB sent on a log axis (right),
+    one band per cell over its runs."""
     plt = _plt()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     for name, members in groups.items():
@@ -106,8 +106,9 @@ def curves(path: Path, groups: dict[str, list[dict]], colour: dict[str, tuple], 
     n = max(len(m) for m in groups.values())
     spread = f"mean ± std over {n} seeds" if n > 1 else "one run"
     a.set(xlabel="round", ylabel=f"test {metric}", title=f"{metric} per round ({spread})")
-    b.set(xlabel="MB sent (up + down, cumulative)", ylabel=f"test {metric}", title=f"{metric} against MB sent")
+    b.set(xlabel="MB sent (up + down, cumulative, log)", ylabel=f"test {metric}", title=f"{metric} against MB sent")
     round_axis(a)
+    log_axis(b)  # methods' payloads differ by orders of magnitude (LoRA vs full): on a linear axis one squashes the other
     for ax in (a, b):
         ax.grid(alpha=0.3)
     outside_legend(b)
