@@ -49,3 +49,17 @@ def test_a_row_with_fewer_than_three_seeds_is_not_a_verdict(tmp_path, monkeypatc
     (tmp_path / "s" / "c9" / "results.json").write_text(json.dumps(
         {"status": "running", "config": {"method": {"name": "bias"}}, "final": {"accuracy": 0.9}}))
     assert findings.row(f)["verdict"] == "—" and "3 and 2 of 3" in findings.row(f)["fedft (A vs B)"]
+
+
+@pytest.mark.parametrize("f", [f for f in findings.FINDINGS if f.study], ids=lambda f: f.claim[:40])
+def test_each_side_of_a_finding_is_one_variant_over_three_seeds(f):
+    """Each side picks one cell per seed of its study's grid: a filter that also matched another variant (full
+    fine-tuning carries method.select's default, say) would pool two methods into one mean."""
+    from fedft.sweep import cells, read_sweep
+
+    path = str(Path(__file__).parents[1] / "configs" / f"{f.study}.toml")
+    grid, repeat, variants = read_sweep(path)
+    configs = [findings.flat(c.config.to_dict()) for c in cells(path, [], grid, repeat, variants)]
+    for side in (f.a, f.b):
+        seeds = [c["fl.seed"] for c in configs if findings.matches(c, side)]
+        assert len(seeds) == len(set(seeds)) >= 3, f"{f.claim}: {side} matches seeds {seeds}"
