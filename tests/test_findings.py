@@ -1,5 +1,6 @@
 """benchmarks/findings.py: the verdict rule (a finding needs a difference beyond twice its standard error), and
 every finding's filters name real config keys, so a typo cannot leave a row "not measured yet" for ever."""
+import functools
 import importlib.util
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fedft.config import load_config
+from fedft.sweep import cells, read_sweep
 
 spec = importlib.util.spec_from_file_location("findings", Path(__file__).parents[1] / "benchmarks" / "findings.py")
 findings = importlib.util.module_from_spec(spec)
@@ -51,15 +53,17 @@ def test_a_row_with_fewer_than_three_seeds_is_not_a_verdict(tmp_path, monkeypatc
     assert findings.row(f)["verdict"] == "—" and "3 and 2 of 3" in findings.row(f)["fedft (A vs B)"]
 
 
-@pytest.mark.parametrize("f", [f for f in findings.FINDINGS if f.study], ids=lambda f: f.claim[:40])
+@functools.cache
+def study_configs(study: str) -> list[dict]:
+    """The flat config of every cell of configs/<study>.toml's sweep (several findings share a study)."""
+    path = str(Path(__file__).parents[1] / "configs" / f"{study}.toml")
+    return [findings.flat(c.config.to_dict()) for c in cells(path, [], *read_sweep(path))]
+
+
+@pytest.mark.parametrize("f", [f for f in findings.FINDINGS if f.study], ids=lambda f: f.claim)
 def test_each_side_of_a_finding_is_one_variant_over_three_seeds(f):
     """Each side picks one cell per seed of its study's grid: a filter that also matched another variant (full
     fine-tuning carries method.select's default, say) would pool two methods into one mean."""
-    from fedft.sweep import cells, read_sweep
-
-    path = str(Path(__file__).parents[1] / "configs" / f"{f.study}.toml")
-    grid, repeat, variants = read_sweep(path)
-    configs = [findings.flat(c.config.to_dict()) for c in cells(path, [], grid, repeat, variants)]
     for side in (f.a, f.b):
-        seeds = [c["fl.seed"] for c in configs if findings.matches(c, side)]
+        seeds = [c["fl.seed"] for c in study_configs(f.study) if findings.matches(c, side)]
         assert len(seeds) == len(set(seeds)) >= 3, f"{f.claim}: {side} matches seeds {seeds}"
