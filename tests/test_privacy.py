@@ -236,6 +236,21 @@ def test_sample_level_dp_noise_changes_training(tiny, tmp_path):
     assert any(not torch.allclose(noisy[k], plain[k], atol=1e-3) for k in plain)
 
 
+def test_sample_level_dp_full_fine_tuning_clips_per_example_gradients_of_every_weight(tiny, tmp_path):
+    """Full fine-tuning under DP-SGD: BERT's position table is looked up with one (1, length) row for the whole batch;
+    each example still gets its own gradient of it (Opacus failed to clip a batch-size-1 gradient before), and with
+    no noise and no effective clip the trained weights are plain training's, position table included."""
+    from safetensors.torch import load_file
+
+    rounds_of(tmp_path, tiny, "quiet", **{"method.name": "full", "dp.mode": "sample", "dp.noise_multiplier": 0.0,
+                                          "dp.clip": 1e6, "fl.rounds": 1})
+    rounds_of(tmp_path, tiny, "plain", **{"method.name": "full", "fl.rounds": 1})
+    quiet, plain = (load_file(str(tmp_path / n / "trainable.safetensors")) for n in ("quiet", "plain"))
+    assert any("position_embeddings" in k for k in plain) and quiet.keys() == plain.keys()
+    for k in plain:
+        torch.testing.assert_close(quiet[k], plain[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
 def test_sample_dp_refuses_what_opacus_cannot_do(tmp_path, tiny, capsys):
     from fedft.cli import main
 

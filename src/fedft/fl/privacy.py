@@ -165,6 +165,7 @@ class SampleDP:
 
         self.cfg, self.noise_multiplier = cfg, noise_multiplier
         self.module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+        per_example_embedding_inputs(self.module)
         # Opacus' hooks fire on frozen layers too, whose inputs need no gradient: expected, not a problem
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         self.history: dict[int, list[tuple[float, float, int]]] = {}  # client -> Opacus accountant history
@@ -203,6 +204,35 @@ class SampleDP:
         return worst
 
 
+def per_example_embedding_inputs(module: torch.nn.Module) -> None:
+    """Inside calls of `module` (the DP-SGD wrapper; evaluation calls the bare model and is untouched), give every
+    embedding one row of indices per example. Models look up positions (BERT's, GPT-2's
+    position_ids buffer) or token types with one (1, length) row broadcast over the batch, so Opacus would record a
+    per-sample gradient with batch dimension 1 for that table and fail to clip it ("stack expects each tensor to be
+    equal size") once the table is trainable (method full). Expanding the row to the batch changes no output: the
+    embedding is the same for every example and the broadcast sum is the same sum."""
+    batch = {}
+
+    def remember(_module, args, kwargs):
+        first = next((v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)), None)
+        batch["size"] = None if first is None or first.dim() == 0 else first.shape[0]
+
+    def forget(*_):
+        batch["size"] = None
+
+    def expand(_module, args):
+        n = batch.get("size")
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 1 and args[0].shape[0] == 1 and n and n > 1:
+            return (args[0].expand(n, *args[0].shape[1:]), *args[1:])
+        return None
+
+    module.register_forward_pre_hook(remember, with_kwargs=True)
+    module.register_forward_hook(forget)
+    for m in module.modules():
+        if isinstance(m, torch.nn.Embedding):
+            m.register_forward_pre_hook(expand)
+
+
 def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels: torch.Tensor, loss_fn=None) -> None:
     """One backward pass: every trainable tensor must get per-sample gradients from Opacus, else name it."""
     dp.module.train()
@@ -210,8 +240,12 @@ def check_per_sample_gradients(dp: SampleDP, params: dict, inputs: dict, labels:
 
     try:
         (loss_fn or default_loss())(dp.module(**inputs), labels).backward()
+        batch = len(labels)
         missing = [f"{n} (used outside its module's forward)" for n, p in params.items()
                    if getattr(p, "grad_sample", None) is None]
+        missing += [f"{n} (shared by the whole batch: its per-sample gradient has batch size {p.grad_sample.shape[0]}, "
+                    f"not {batch})" for n, p in params.items()
+                    if getattr(p, "grad_sample", None) is not None and p.grad_sample.shape[0] != batch]
     except (TypeError, RuntimeError, NotImplementedError) as e:  # Opacus' fallback cannot call a module
         missing = [f"this method's parameters ({type(e).__name__}: {str(e).splitlines()[0][:120]})"]
     for p in params.values():
