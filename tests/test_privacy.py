@@ -221,18 +221,29 @@ def test_participation_is_what_the_loop_draws(tiny, tmp_path):
     assert sum(counts) == sum(r["returned"] for r in res.rounds) < sum(r["sampled"] for r in res.rounds)
 
 
-def test_sample_level_dp_noise_changes_training(tiny, tmp_path):
-    """DP-SGD really runs: with noise the trained head differs from the same run without it."""
+def trained_weights(tmp_path, tiny, name, **overrides):
+    """One round's trained weights (trainable.safetensors) of a run named `name`."""
     from safetensors.torch import load_file
 
-    rounds_of(tmp_path, tiny, "quiet", **{"method.name": "head", "dp.mode": "sample", "dp.noise_multiplier": 0.0,
-                                          "dp.clip": 1e6, "fl.rounds": 1})
-    rounds_of(tmp_path, tiny, "noisy", **{"method.name": "head", "dp.mode": "sample", "dp.noise_multiplier": 5.0,
-                                          "fl.rounds": 1})
-    rounds_of(tmp_path, tiny, "plain", **{"method.name": "head", "fl.rounds": 1})
-    quiet, noisy, plain = (load_file(str(tmp_path / n / "trainable.safetensors")) for n in ("quiet", "noisy", "plain"))
-    for k in plain:  # no noise and no effective clip: plain training, up to float rounding
-        torch.testing.assert_close(quiet[k], plain[k], atol=1e-5, rtol=1e-4)
+    rounds_of(tmp_path, tiny, name, **{"fl.rounds": 1, **overrides})
+    return load_file(str(tmp_path / name / "trainable.safetensors"))
+
+
+def quiet_and_plain(tmp_path, tiny, method):
+    """(DP-SGD without noise or an effective clip, plain training): the same weights up to float rounding."""
+    quiet = trained_weights(tmp_path, tiny, "quiet", **{"method.name": method, "dp.mode": "sample",
+                                                        "dp.noise_multiplier": 0.0, "dp.clip": 1e6})
+    plain = trained_weights(tmp_path, tiny, "plain", **{"method.name": method})
+    for k in plain:
+        torch.testing.assert_close(quiet[k], plain[k], atol=1e-5, rtol=1e-4, msg=k)
+    return quiet, plain
+
+
+def test_sample_level_dp_noise_changes_training(tiny, tmp_path):
+    """DP-SGD really runs: with noise the trained head differs from the same run without it."""
+    _, plain = quiet_and_plain(tmp_path, tiny, "head")
+    noisy = trained_weights(tmp_path, tiny, "noisy", **{"method.name": "head", "dp.mode": "sample",
+                                                        "dp.noise_multiplier": 5.0})
     assert any(not torch.allclose(noisy[k], plain[k], atol=1e-3) for k in plain)
 
 
@@ -240,15 +251,8 @@ def test_sample_level_dp_full_fine_tuning_clips_per_example_gradients_of_every_w
     """Full fine-tuning under DP-SGD: BERT's position table is looked up with one (1, length) row for the whole batch;
     each example still gets its own gradient of it (Opacus failed to clip a batch-size-1 gradient before), and with
     no noise and no effective clip the trained weights are plain training's, position table included."""
-    from safetensors.torch import load_file
-
-    rounds_of(tmp_path, tiny, "quiet", **{"method.name": "full", "dp.mode": "sample", "dp.noise_multiplier": 0.0,
-                                          "dp.clip": 1e6, "fl.rounds": 1})
-    rounds_of(tmp_path, tiny, "plain", **{"method.name": "full", "fl.rounds": 1})
-    quiet, plain = (load_file(str(tmp_path / n / "trainable.safetensors")) for n in ("quiet", "plain"))
+    quiet, plain = quiet_and_plain(tmp_path, tiny, "full")
     assert any("position_embeddings" in k for k in plain) and quiet.keys() == plain.keys()
-    for k in plain:
-        torch.testing.assert_close(quiet[k], plain[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
 def test_sample_dp_refuses_what_opacus_cannot_do(tmp_path, tiny, capsys):
